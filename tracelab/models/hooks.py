@@ -1,0 +1,193 @@
+"""One small hook mechanism: read or rewrite named sites during a forward pass.
+
+A `Site` is a named place in the model (`blocks.3.mlp_out`) bound to a module and to either
+its output or its input. `intervene` runs a function on the tensor at each site and, if the
+function returns a tensor, uses it instead; `record` and `patch` are built on it. Hooks are
+removed on exit, also on error.
+
+    >>> with record(model, [model.resid(3), model.mlp_key(5)]) as cache:
+    ...     model.hf(ids)
+    >>> cache["blocks.3.resid"].shape              # [batch, pos, d_model]
+    >>> with patch(model, {model.resid(3): replace(clean, positions=[4])}):
+    ...     logits = model.hf(ids).logits
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Callable, ContextManager, Iterator, Mapping, Sequence
+
+import torch
+from torch import nn
+
+SiteFn = Callable[[torch.Tensor], "torch.Tensor | None"]
+
+
+@dataclass(frozen=True)
+class Site:
+    """A named tensor in the forward pass: the output (or first input) of one module.
+
+    `name` is self-explaining (`embed`, `blocks.{l}.resid`, `blocks.{l}.attn_out`,
+    `blocks.{l}.mlp_out`, `blocks.{l}.mlp_key`); `module` is its dotted path in the HF model;
+    `io` is "output" or "input". Shape of the tensor: `[batch, pos, width]`.
+    """
+
+    name: str
+    module: str
+    io: str = "output"
+    layer: int | None = None
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class StopForward(Exception):
+    """Raised inside a hook to end a forward pass early (caught by `intervene`)."""
+
+
+def _first(value):
+    return value[0] if isinstance(value, tuple) else value
+
+
+def _with_first(value, tensor):
+    return (tensor, *value[1:]) if isinstance(value, tuple) else tensor
+
+
+@contextmanager
+def intervene(
+    model, fns: Mapping[Site, SiteFn], *, stop_after: Site | None = None
+) -> Iterator[None]:
+    """Call `fns[site](tensor)` at each site; a returned tensor replaces the site's value.
+
+        >>> with intervene(model, {model.embed: lambda x: x + noise}):
+        ...     out = model.hf(ids)
+
+    `stop_after`: end the forward pass right after that site, to collect early states cheaply.
+    As in baukit, the stop is caught when the `with` block exits, so the statements after the
+    forward call in the block do not run: make the forward call the block's last statement.
+    """
+    hf: nn.Module = model.hf
+    handles = []
+    batch_pos: list[torch.Size] = []  # [batch, pos] of the current forward, from the embedding
+
+    def call(fn: SiteFn, x: torch.Tensor):
+        # Some blocks (OPT) run their MLP on flattened [batch*pos, d] rows: show sites as
+        # [batch, pos, d] always.
+        if x.dim() == 2 and batch_pos and x.shape[0] == batch_pos[0].numel():
+            new = fn(x.view(*batch_pos[0], x.shape[-1]))
+            return None if new is None else new.reshape(x.shape[0], -1)
+        return fn(x)
+
+    def make_hook(site: Site, fn: SiteFn | None):
+        def after(value):
+            if fn is not None:
+                new = call(fn, _first(value))
+                if new is not None:
+                    value = _with_first(value, new)
+            if site == stop_after:
+                raise StopForward
+            return value
+
+        if site.io == "output":
+            return "forward", lambda module, args, output: after(output)
+        return "pre", lambda module, args: after(args)
+
+    sites = dict(fns)
+    if stop_after is not None:
+        sites.setdefault(stop_after, None)
+    try:
+        def note_shape(module, args, output):
+            batch_pos[:] = [output.shape[:2]]
+
+        handles.append(hf.get_submodule(model.arch.embed).register_forward_hook(note_shape))
+        for site, fn in sites.items():
+            module = hf.get_submodule(site.module)
+            kind, hook = make_hook(site, fn)
+            register = module.register_forward_hook if kind == "forward" else module.register_forward_pre_hook
+            handles.append(register(hook))
+        try:
+            yield
+        except StopForward:
+            pass
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@contextmanager
+def record(
+    model, sites: Sequence[Site], *, detach: bool = True, stop: bool = False
+) -> Iterator[dict[str, torch.Tensor]]:
+    """Record the tensor at each site, keyed by site name (baukit's TraceDict, for sites).
+
+        >>> with record(model, [model.resid(0)]) as cache:
+        ...     model.hf(ids)
+        >>> cache["blocks.0.resid"]                # [batch, pos, d_model]
+
+    `stop=True` ends the forward pass after the deepest recorded site in the model's order of
+    execution (only layers up to it run). With `detach=False` gradients flow through the record.
+    """
+    cache: dict[str, torch.Tensor] = {}
+
+    def keep(name: str) -> SiteFn:
+        def fn(x: torch.Tensor) -> None:
+            cache[name] = x.detach() if detach else x
+
+        return fn
+
+    fns = {site: keep(site.name) for site in sites}
+    stop_after = max(sites, key=_depth) if stop and sites else None
+    with intervene(model, fns, stop_after=stop_after):
+        yield cache
+
+
+def _depth(site: Site) -> tuple[int, int]:
+    """Order of execution of sites: embed first, then by layer; within a layer the block output last."""
+    if site.layer is None:
+        return (-1, 0)
+    return (site.layer, 1 if site.name.endswith(".resid") else 0)
+
+
+def _index(x: torch.Tensor, rows, positions):
+    rows = slice(None) if rows is None else torch.as_tensor(rows, device=x.device)
+    positions = slice(None) if positions is None else torch.as_tensor(positions, device=x.device)
+    if isinstance(rows, torch.Tensor) and isinstance(positions, torch.Tensor):
+        return rows[:, None], positions[None, :]
+    return rows, positions
+
+
+def replace(values: torch.Tensor, *, positions=None, rows=None) -> SiteFn:
+    """A patch that writes `values` into the site at `[rows, positions]` (default: all).
+
+    `values` broadcasts to `x[rows][:, positions]`, e.g. `[n_rows, n_pos, d]` or `[d]`.
+    """
+
+    def fn(x: torch.Tensor) -> torch.Tensor:
+        x = x.clone()
+        r, p = _index(x, rows, positions)
+        x[r, p] = values.to(x.dtype)
+        return x
+
+    return fn
+
+
+def add(vector: torch.Tensor, *, positions=None, rows=None) -> SiteFn:
+    """A patch that adds `vector` (broadcast, e.g. `[d]`) to the site at `[rows, positions]`."""
+
+    def fn(x: torch.Tensor) -> torch.Tensor:
+        x = x.clone()
+        r, p = _index(x, rows, positions)
+        x[r, p] = x[r, p] + vector.to(x.dtype)
+        return x
+
+    return fn
+
+
+def patch(model, patches: Mapping[Site, SiteFn]) -> ContextManager[None]:
+    """Rewrite sites for the forward passes inside the `with` block.
+
+        >>> with patch(model, {model.mlp_out(5): replace(clean_mlp[:, 3], positions=[3])}):
+        ...     logits = model.hf(ids).logits
+    """
+    return intervene(model, patches)
