@@ -3,7 +3,8 @@
 A `Site` is a named place in the model (`blocks.3.mlp_out`) bound to a module and to either
 its output or its input. `intervene` runs a function on the tensor at each site and, if the
 function returns a tensor, uses it instead; `record` and `patch` are built on it. Hooks are
-removed on exit, also on error.
+removed on exit, also on error. Several contexts on one site run in the order they were
+entered (to record a patched value, enter the patch first).
 
     >>> with record(model, [model.resid(3), model.mlp_key(5)]) as cache:
     ...     model.hf(ids)

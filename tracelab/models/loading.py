@@ -12,6 +12,7 @@ import importlib.util
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -141,7 +142,8 @@ def load_model(
     name = EMBEDDED_NAME if spec in (None, EMBEDDED_NAME) else str(spec)
     source: str | Path = _embedded_dir() if name == EMBEDDED_NAME else name
     try:
-        hf = AutoModelForCausalLM.from_pretrained(source, dtype=dtype or torch.float32)
+        with _quiet_transformers():
+            hf = AutoModelForCausalLM.from_pretrained(source, dtype=dtype or torch.float32)
         tokenizer = tokenizer or _load_tokenizer(source)
     except OSError as error:
         offline = os.environ.get("HF_HUB_OFFLINE") == "1"
@@ -153,6 +155,20 @@ def load_model(
         ) from error
     hf.to(device or "cpu")
     return Model(hf, tokenizer, name=name)
+
+
+@contextmanager
+def _quiet_transformers():
+    """No "Loading weights" progress bar for a model that loads in a fraction of a second."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
 
 
 def _load_tokenizer(source):

