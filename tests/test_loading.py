@@ -7,7 +7,7 @@ import importlib.util
 import pytest
 import torch
 
-from tracelab.models import load_model, loading
+from tracelab.models import as_model, load_model, loading
 from tracelab.models.tiny import tiny_model
 
 
@@ -91,6 +91,36 @@ def test_bad_dtype():
 
 def test_model_object_without_tokenizer_or_name():
     hf = tiny_model("llama").hf
+    del hf._tracelab_model  # as if built by the user, not by tracelab
     hf.config._name_or_path = ""
     with pytest.raises(ValueError, match="pass tokenizer="):
         load_model(hf)
+
+
+def test_same_object_gives_same_model():
+    tiny = tiny_model("llama")
+    assert load_model(tiny.hf) is tiny
+    assert as_model(tiny.hf) is tiny and as_model(tiny) is tiny
+    for bad in [None, "smollm2-135m"]:
+        with pytest.raises(TypeError, match="load it first"):
+            as_model(bad)
+
+
+def test_transformer_bridge_and_nnsight_share_weights():
+    from nnsight import LanguageModel
+    from transformer_lens.model_bridge import TransformerBridge
+
+    tiny = tiny_model("gpt2")
+    bridge = TransformerBridge.boot_transformers("gpt2", hf_model=tiny.hf, tokenizer=tiny.tokenizer)
+    lm = LanguageModel(tiny.hf, tokenizer=tiny.tokenizer)
+    for wrapped in (bridge, lm):
+        model = load_model(wrapped)
+        assert model.hf is tiny.hf and model.tokenizer is tiny.tokenizer
+    weight = as_model(bridge).mlp_out_weight(0)
+    weight.matrix[0, 0] += 1.0  # an edit through tracelab shows through the user's object
+    assert bridge.original_model.get_submodule(tiny.arch.layers)[0].mlp.c_proj.weight[0, 0] == weight.param[0, 0]
+
+
+def test_non_transformers_module_is_refused():
+    with pytest.raises(TypeError, match="needs a transformers model"):
+        load_model(torch.nn.Linear(2, 2))

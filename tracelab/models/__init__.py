@@ -2,10 +2,10 @@
 
 from .architectures import ARCHITECTURES, Architecture, architecture_for, supported_model_types
 from .hooks import Site, add, intervene, patch, record, replace
-from .loading import cache_dir, load_model
+from .loading import as_model, cache_dir, load_model
 from .model import Model, OutWeight
 
 __all__ = [
-    "ARCHITECTURES", "Architecture", "Model", "OutWeight", "Site", "add", "architecture_for",
+    "ARCHITECTURES", "Architecture", "as_model", "Model", "OutWeight", "Site", "add", "architecture_for",
     "cache_dir", "intervene", "load_model", "patch", "record", "replace", "supported_model_types",
 ]

@@ -119,18 +119,28 @@ def load_model(
     """Load a causal LM as a `Model`.
 
     `spec`: None or "smollm2-135m" (the embedded model, offline), a local directory, a hub id,
-    or a transformers `PreTrainedModel` (give its `tokenizer=` unless it can be loaded from the
-    model's name). `dtype` defaults to float32 (the model's own dtype for objects); `device`
-    defaults to CPU (objects stay where they are).
+    a transformers `PreTrainedModel` (give its `tokenizer=` unless it can be loaded from the
+    model's name), a TransformerLens 4 `TransformerBridge` or an nnsight `LanguageModel`/`NNsight`
+    (the same weights are used, not copied; edits show through the user's object). Loading the
+    same object twice gives the same `Model`. `dtype` defaults to float32 (the model's own dtype
+    for objects); `device` defaults to CPU (objects stay where they are).
     """
     dtype = _parse_dtype(dtype)
     if isinstance(spec, Model):
         return spec
+    wrapped = _unwrap(spec)
+    if wrapped is not None:
+        spec, tokenizer = wrapped[0], tokenizer or wrapped[1]
     if isinstance(spec, nn.Module):
-        if tokenizer is None:
-            tokenizer = _load_tokenizer(getattr(spec.config, "_name_or_path", ""))
+        if not hasattr(spec, "config"):
+            raise TypeError(f"load_model needs a transformers model (with .config), got {type(spec).__name__}")
         if dtype is not None or device is not None:
             spec.to(device=device, dtype=dtype)
+        known = getattr(spec, "_tracelab_model", None)
+        if known is not None and (tokenizer is None or tokenizer is known.tokenizer):
+            return known  # one Model (and one edit journal) per underlying model
+        if tokenizer is None:
+            tokenizer = _load_tokenizer(getattr(spec.config, "_name_or_path", ""))
         return Model(spec, tokenizer)
     if spec is not None and not isinstance(spec, (str, os.PathLike)):
         raise TypeError(
@@ -157,6 +167,23 @@ def load_model(
     return Model(hf, tokenizer, name=name)
 
 
+def _unwrap(obj) -> tuple[nn.Module, object] | None:
+    """(HF model, tokenizer) inside a TransformerLens `TransformerBridge` or an nnsight
+    `LanguageModel`/`NNsight`; None for anything else. The user's object and the `Model`
+    share the same weights, so edits are visible through both."""
+    origin = type(obj).__module__.split(".")[0]
+    if origin == "transformer_lens":
+        if not hasattr(obj, "original_model"):
+            raise TypeError(
+                f"{type(obj).__name__} from TransformerLens is not supported: pass a TransformerBridge "
+                "(TransformerLens 4), whose .original_model is a transformers model"
+            )
+        return obj.original_model, getattr(obj, "tokenizer", None)
+    if origin == "nnsight":
+        return obj._module, getattr(obj, "tokenizer", None)
+    return None
+
+
 @contextmanager
 def _quiet_transformers():
     """No "Loading weights" progress bar for a model that loads in a fraction of a second."""
@@ -177,3 +204,18 @@ def _load_tokenizer(source):
     if not source:
         raise ValueError("this model object carries no name to load a tokenizer from: pass tokenizer=")
     return AutoTokenizer.from_pretrained(source)
+
+
+def as_model(model) -> Model:
+    """The `Model` for a model object a public call was given: a `Model`, a transformers model,
+    a `TransformerBridge` or an nnsight model (the same object gives the same `Model`).
+
+        >>> model = as_model(bridge)               # at the top of trace(), edit(), ...
+    """
+    if isinstance(model, Model):
+        return model
+    if model is None or isinstance(model, (str, os.PathLike)):
+        raise TypeError(
+            f"expected a loaded model, got {model!r}: load it first, e.g. model = tracelab.load_model()"
+        )
+    return load_model(model)

@@ -54,6 +54,7 @@ class Model:
         config = hf.config
         self.arch: Architecture = architecture_for(config.model_type)
         self.hf = hf.eval()
+        hf._tracelab_model = self  # load_model/as_model on this module give back this Model
         self.tokenizer = tokenizer
         if tokenizer.pad_token_id is None:  # batching needs a pad id; padding is always masked
             tokenizer.pad_token = tokenizer.eos_token
