@@ -124,3 +124,18 @@ def test_transformer_bridge_and_nnsight_share_weights():
 def test_non_transformers_module_is_refused():
     with pytest.raises(TypeError, match="needs a transformers model"):
         load_model(torch.nn.Linear(2, 2))
+
+
+def test_device_map_auto_loads_and_records(tmp_path):
+    """accelerate's device_map (all on CPU here: no GPU) keeps sites and hooks working."""
+    model = tiny_model("llama")
+    model.hf.save_pretrained(tmp_path)
+    model.tokenizer.save_pretrained(tmp_path)
+    mapped = load_model(tmp_path, device_map="auto")
+    ids = model.tokenize("The Eiffel Tower")
+    with mapped.record([mapped.resid(1)]) as cache:
+        logits = mapped.hf(**ids).logits
+    torch.testing.assert_close(logits, model.hf(**ids).logits)
+    assert cache["blocks.1.resid"].shape == (1, ids["input_ids"].shape[1], model.d_model)
+    with pytest.raises(ValueError, match="not both"):
+        load_model(tmp_path, device="cpu", device_map="auto")

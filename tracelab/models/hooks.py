@@ -167,7 +167,7 @@ def replace(values: torch.Tensor, *, positions=None, rows=None) -> SiteFn:
     def fn(x: torch.Tensor) -> torch.Tensor:
         x = x.clone()
         r, p = _index(x, rows, positions)
-        x[r, p] = values.to(x.dtype)
+        x[r, p] = values.to(device=x.device, dtype=x.dtype)
         return x
 
     return fn
@@ -179,7 +179,7 @@ def add(vector: torch.Tensor, *, positions=None, rows=None) -> SiteFn:
     def fn(x: torch.Tensor) -> torch.Tensor:
         x = x.clone()
         r, p = _index(x, rows, positions)
-        x[r, p] = x[r, p] + vector.to(x.dtype)
+        x[r, p] = x[r, p] + vector.to(device=x.device, dtype=x.dtype)
         return x
 
     return fn

@@ -114,6 +114,7 @@ def load_model(
     *,
     dtype: torch.dtype | str | None = None,
     device: str | torch.device | None = None,
+    device_map: str | dict | None = None,
     tokenizer=None,
 ) -> Model:
     """Load a causal LM as a `Model`.
@@ -123,11 +124,15 @@ def load_model(
     model's name), a TransformerLens 4 `TransformerBridge` or an nnsight `LanguageModel`/`NNsight`
     (the same weights are used, not copied; edits show through the user's object). Loading the
     same object twice gives the same `Model`. `dtype` defaults to float32 (the model's own dtype
-    for objects); `device` defaults to CPU (objects stay where they are).
+    for objects); `device` defaults to CPU (objects stay where they are). `device_map="auto"`
+    (accelerate) spreads a large model's layers over the available devices instead; sites and
+    hooks work across devices (patched values follow the tensor's device).
     """
     dtype = _parse_dtype(dtype)
     if isinstance(spec, Model):
         return spec
+    if device_map is not None and device is not None:
+        raise ValueError("give either device= or device_map=, not both")
     wrapped = _unwrap(spec)
     if wrapped is not None:
         spec, tokenizer = wrapped[0], tokenizer or wrapped[1]
@@ -153,7 +158,7 @@ def load_model(
     source: str | Path = _embedded_dir() if name == EMBEDDED_NAME else name
     try:
         with _quiet_transformers():
-            hf = AutoModelForCausalLM.from_pretrained(source, dtype=dtype or torch.float32)
+            hf = AutoModelForCausalLM.from_pretrained(source, dtype=dtype or torch.float32, device_map=device_map)
         tokenizer = tokenizer or _load_tokenizer(source)
     except OSError as error:
         offline = os.environ.get("HF_HUB_OFFLINE") == "1"
@@ -163,7 +168,8 @@ def load_model(
                if offline else "A hub id needs a network the first time; a local path must hold config.json and weights. ")
             + f"The embedded model loads offline with load_model() or load_model({EMBEDDED_NAME!r})."
         ) from error
-    hf.to(device or "cpu")
+    if device_map is None:
+        hf.to(device or "cpu")
     return Model(hf, tokenizer, name=name)
 
 
