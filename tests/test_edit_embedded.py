@@ -1,0 +1,68 @@
+"""One real ROME edit on the embedded SmolLM2-135M: the Eiffel Tower moves to Rome, and back."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import tracelab as tl
+from tracelab.editing import journal, key_stats
+
+PROMPT = "The Eiffel Tower is located in the city of"
+LAYER = 4
+
+
+@pytest.fixture(scope="module")
+def stats(embedded, tmp_path_factory):
+    import os
+    old = os.environ.get("TRACELAB_CACHE")
+    os.environ["TRACELAB_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    try:
+        yield key_stats(embedded, LAYER, tokens=4000, progress=False)  # small stats: a few thousand tokens
+    finally:
+        if old is None:
+            os.environ.pop("TRACELAB_CACHE")
+        else:
+            os.environ["TRACELAB_CACHE"] = old
+
+
+@pytest.mark.slow
+def test_rome_eiffel_to_rome_and_undo(embedded_clean, stats):
+    model = embedded_clean
+    before = model.hf.state_dict()[model.mlp_out_weight(LAYER).name].clone()
+    e = tl.edit(model, subject="The Eiffel Tower", prompt="{} is located in the city of", target="Rome",
+                layer=LAYER, stats=stats, progress=False)
+    assert model.predict(PROMPT, 1)[0][0] == " Rome"                                         # efficacy
+    assert model.predict("The Louvre is located in the city of", 1)[0][0] == " Paris"        # neighbour kept
+    assert e.info["seconds"]["values"] > 0 and journal(model).edits == [e]
+    e.undo()
+    assert torch.equal(model.hf.state_dict()[model.mlp_out_weight(LAYER).name], before)     # bit for bit
+    assert model.predict(PROMPT, 1)[0][0] == " Paris"
+
+
+def test_target_already_the_answer_is_a_noop(embedded_clean, stats):
+    with pytest.warns(UserWarning, match="already answers"):
+        e = tl.edit(embedded_clean, subject="The Eiffel Tower", prompt="{} is located in the city of",
+                    target="Paris", layer=LAYER, stats=stats, progress=False)
+    assert e.deltas == [] and len(journal(embedded_clean)) == 0
+    e.undo()  # a no-op edit undoes to nothing
+
+
+@pytest.mark.slow
+def test_auto_layer_traces_the_mlp_peak(embedded_clean, stats, monkeypatch):
+    """layer="auto" edits at the traced MLP peak at the last subject token (kept last: needs tracing).
+    The trace runs with 2 noise samples here to keep the test short."""
+    import tracelab.tracing as tracing
+
+    real, traces = tracing.trace, []
+
+    def quick_trace(*args, **kwargs):
+        traces.append(real(*args, **dict(kwargs, samples=2)))
+        return traces[-1]
+
+    monkeypatch.setattr(tracing, "trace", quick_trace)
+    e = tl.edit(embedded_clean, subject="The Eiffel Tower", prompt="{} is located in the city of", target="Rome",
+                layer="auto", stats_tokens=4000, progress=False)
+    assert len(traces) == 1 and e.layers == [traces[0].peak("mlp")]
+    assert embedded_clean.predict(PROMPT, 1)[0][0] == " Rome"
+    e.undo()

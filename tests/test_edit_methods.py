@@ -1,0 +1,157 @@
+"""ROME / MEMIT / AlphaEdit on tiny models: the v*/z engine, the closed forms, and bad input."""
+
+from __future__ import annotations
+
+
+import pytest
+import torch
+
+from tracelab.editing import AlphaEditParams, MemitParams, Request, RomeParams, ValueParams, edit, journal, key_stats
+from tracelab.editing.alphaedit import alphaedit_solver, null_space_projector
+from tracelab.editing.keys import context_templates, subject_keys
+from tracelab.editing.memit import memit_solver
+from tracelab.editing.rome import rome_delta
+from tracelab.editing.stats import KeyStats
+from tracelab.editing.values import optimise_values
+from tracelab.models.tiny import tiny_model
+
+REQ = Request("The Eiffel Tower", "{} is located in the city of", "Rome")
+FAST = ValueParams(steps=6, lr=0.5)
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("TRACELAB_CACHE", str(tmp_path / "cache"))
+
+
+def _stats(model, layers, tokens=3000, **kw):
+    return key_stats(model, layers, tokens=tokens, max_len=64, progress=False, **kw)
+
+
+def _state(model):
+    return {k: v.clone() for k, v in model.hf.state_dict().items()}
+
+
+def _same(model, state):
+    return all(torch.equal(v, state[k]) for k, v in model.hf.state_dict().items())
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama", "gemma2"])
+def test_fast_engine_matches_reference(family):
+    """The fast v*/z engine (cached prefix, replayed lower layers, logits only where scored)
+    gives the reference engine's δ, for the MLP output (ROME) and the residual (MEMIT)."""
+    model = tiny_model(family)
+    templates = context_templates(model, 2, 5)
+    reqs = [REQ, Request("Lyon", "In {} they speak", "Italian and French")]
+    for layer, site in [(1, "mlp_out"), (2, "resid")]:
+        out = [optimise_values(model, reqs, layer, site, templates, ValueParams(steps=2, engine=e, bf16=False),
+                               progress=False) for e in ("fast", "reference")]
+        assert torch.allclose(out[0][1], out[1][1], atol=1e-5)
+        assert torch.allclose(out[0][0], out[1][0], atol=1e-4), (out[0][0] - out[1][0]).abs().max()
+        assert out[0][0].abs().max() > 1e-2
+
+
+def test_nan_during_optimisation_changes_nothing():
+    model = tiny_model("llama")
+    before = _state(model)
+    stats = _stats(model, 1)
+    with pytest.raises(ValueError, match="NaN"):
+        edit(model, REQ, layer=1, stats=stats, params=RomeParams(values=ValueParams(lr=float("inf"), steps=3)), progress=False)
+    assert _same(model, before) and len(journal(model)) == 0
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_rome_rank_one_along_c_inverse_k(family):
+    """ΔW = (v* − Wk − b) uᵀ / (uᵀk) with u = C⁻¹k*: rank one, rows along u; the edit raises P(target)."""
+    model = tiny_model(family)
+    stats = _stats(model, 1)
+    update, info = rome_delta(model, REQ, 1, stats, RomeParams(values=FAST, n_templates=2), progress=False)
+    templates = context_templates(model, 2, 10)
+    k_star = subject_keys(model, 1, [REQ], templates)[0].double()
+    u = torch.linalg.solve(stats.moment.double(), k_star)
+    assert torch.linalg.matrix_rank(update.double(), rtol=1e-6) == 1
+    row = update.double()[update.norm(dim=1).argmax()]
+    assert abs(torch.nn.functional.cosine_similarity(row, u, dim=0)) > 0.999
+    if family == "gpt2":
+        return  # the random tiny GPT-2 barely reads its layer-1 MLP at this token; efficacy is tested on llama
+    before = model.target_log_prob(REQ.text, REQ.target)
+    e = edit(model, REQ, layer=1, stats=stats, params=RomeParams(values=FAST, n_templates=2), progress=False)
+    assert model.target_log_prob(REQ.text, REQ.target) > before + 1.0
+    assert e.info["norms"][1] > 0 and set(e.info["seconds"]) == {"keys", "values", "solve"}
+    e.undo()
+
+
+def test_memit_and_alphaedit_closed_forms():
+    torch.manual_seed(0)
+    d, n, dm = 16, 3, 8
+    X = torch.randn(200, d)
+    stats = {0: KeyStats(0, (X.T @ X / 200).float(), 200, {})}
+    K, R = torch.randn(d, n, dtype=torch.float64), torch.randn(dm, n, dtype=torch.float64)
+    dW = memit_solver(stats, 10.0)(0, K, R)                            # ΔW (λC + KKᵀ) = R Kᵀ
+    assert torch.allclose(dW @ (10.0 * stats[0].moment.double() + K @ K.T), R @ K.T, atol=1e-8)
+    C = torch.diag(torch.tensor([1.0] * 10 + [1e-6] * 6))
+    P, rank = null_space_projector(C, 1e-2)
+    assert rank == 6
+    ranks = {}
+    dW = alphaedit_solver({0: KeyStats(0, C, 1, {})}, {0: torch.randn(2, d)}, 1e-2, 1.0, ranks)(0, K, R)
+    assert torch.allclose(dW @ (torch.eye(d, dtype=torch.float64) - P), torch.zeros(dm, d, dtype=torch.float64),
+                          atol=1e-10)                                   # preserved directions untouched
+    assert ranks == {0: 6}
+
+
+@pytest.mark.parametrize("method", ["memit", "alphaedit"])
+def test_memit_alphaedit_edit_and_undo(method):
+    model = tiny_model("llama")
+    before = _state(model)
+    reqs = [REQ, Request("Michael Jordan", "{} plays the sport of", "football"),
+            Request("Apple", "{} was founded by", "Bill Gates")]
+    stats = _stats(model, [1, 2])
+    lp0 = [model.target_log_prob(r.text, r.target) for r in reqs]
+    cls = MemitParams if method == "memit" else AlphaEditParams
+    hp = cls(values=ValueParams(steps=8, clamp_norm=4.0), n_templates=2, mom2_weight=100.0)
+    if method == "alphaedit":
+        hp.threshold = 0.5
+    e = edit(model, reqs, method=method, layers=[1, 2], stats=stats, params=hp, progress=False)
+    lp1 = [model.target_log_prob(r.text, r.target) for r in reqs]
+    assert sum(lp1) > sum(lp0) + 1.0, (lp0, lp1)
+    assert e.layers == [1, 2] and set(e.keys) == {1, 2} and e.keys[1].shape == (3, model.d_mlp)
+    if method == "alphaedit":
+        assert journal(model).past_keys("alphaedit")[1].shape == (3, model.d_mlp)
+    e.undo()
+    assert _same(model, before)
+
+
+def test_bad_inputs_change_nothing():
+    model = tiny_model("gpt2")
+    before = _state(model)
+    stats = _stats(model, 1)
+    kw = dict(layer=1, stats=stats, progress=False)
+    with pytest.raises(ValueError, match="not found"):
+        edit(model, {"prompt": "Paris is nice", "subject": "Lyon", "target_new": "Italy"}, **kw)
+    with pytest.raises(ValueError, match=r"exactly one '\{\}'"):
+        edit(model, subject="Lyon", prompt="Lyon is in", target="Italy", **kw)
+    with pytest.raises(ValueError, match="empty target"):
+        edit(model, subject="Lyon", prompt="{} is in", target=" ", **kw)
+    with pytest.raises(ValueError, match="out of range"):
+        edit(model, REQ, layer=99, stats=stats, progress=False)
+    with pytest.raises(ValueError, match="conflicting"):
+        edit(model, [REQ, Request("The Eiffel Tower", "{} is in", "Berlin")], method="memit", layers=[1],
+             stats=stats, progress=False)
+    with pytest.raises(ValueError, match="ROME edits one"):
+        edit(model, [REQ, Request("Lyon", "{} is in", "Italy")], **kw)
+    with pytest.raises(ValueError, match="unknown method"):
+        edit(model, REQ, method="mend", **kw)
+    other = tiny_model("gpt2", seed=1)
+    with pytest.raises(ValueError, match="computed on"):
+        edit(other, REQ, **kw)  # statistics of a different model
+    assert _same(model, before) and len(journal(model)) == 0
+
+
+def test_singular_stats_are_regularised_with_a_warning():
+    model = tiny_model("llama")
+    stats = _stats(model, 1, tokens=20, batch_size=1)  # fewer tokens than d_mlp = 128: C is singular
+    assert stats.count < model.d_mlp
+    with pytest.warns(UserWarning, match="singular"):
+        e = edit(model, REQ, layer=1, stats=stats, params=RomeParams(values=FAST, n_templates=2), progress=False)
+    assert torch.isfinite(model.mlp_out_weight(1).param).all()
+    e.undo()

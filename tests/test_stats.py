@@ -1,0 +1,88 @@
+"""Key statistics: the second moment itself, padding excluded, cache with provenance, resume."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from tracelab.editing import corpus, key_stats
+from tracelab.models.tiny import tiny_model
+
+TEXTS = ["The Eiffel Tower is located in the city of Paris.", "Toyota is headquartered in Japan.",
+         "Mount Fuji is the highest mountain in Japan. The Colosseum is in Rome.", "Apple was founded by Steve Jobs."]
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("TRACELAB_CACHE", str(tmp_path / "cache"))
+
+
+@pytest.fixture
+def text_file(tmp_path):
+    path = tmp_path / "corpus.txt"
+    path.write_text("\n\n".join(TEXTS * 3))
+    return path
+
+
+def test_second_moment_excludes_padding(text_file):
+    model = tiny_model("gpt2")
+    s = key_stats(model, 2, corpus=str(text_file), tokens=10_000, batch_size=5, cache=False, progress=False)
+    keys = []
+    for text in TEXTS * 3:  # one text at a time: no padding at all
+        with model.record([model.mlp_key(2)], stop=True) as cache:
+            model.hf(**model.tokenize(text))
+        keys.append(cache["blocks.2.mlp_key"][0].double())
+    K = torch.cat(keys)
+    assert s.count == K.shape[0]
+    assert torch.allclose(s.moment.double(), K.T @ K / K.shape[0], atol=1e-5)
+    assert s.moment.dtype == torch.float32
+    s64 = key_stats(model, 2, corpus=str(text_file), tokens=10_000, dtype=torch.float64, cache=False, progress=False)
+    assert s64.moment.dtype == torch.float64 and torch.allclose(s64.moment, K.T @ K / K.shape[0], atol=1e-10)
+
+
+def test_cache_provenance_and_resume(text_file):
+    model = tiny_model("llama")
+    kw = dict(corpus=str(text_file), batch_size=2, max_len=64, progress=False)
+    part = key_stats(model, [1, 2], tokens=30, **kw)[1]
+    full = key_stats(model, [1, 2], tokens=10_000, **kw)[1]  # resumes from the partial sums
+    fresh = key_stats(model, 1, tokens=10_000, cache=False, **kw)
+    assert part.count < full.count == fresh.count
+    assert torch.allclose(full.moment, fresh.moment, atol=1e-6)
+    # a cached result is read back; its provenance names the model, weights, corpus and dtype
+    again = key_stats(model, 1, tokens=10_000, **kw)
+    assert torch.equal(again.moment, full.moment)
+    assert {"model", "weights", "corpus", "revision", "dtype", "tokens"} <= set(again.provenance)
+    # changed weights below the layer: the cache no longer matches, so it is recomputed
+    with torch.no_grad():
+        model.layer(0).mlp.down_proj.weight.mul_(1.5)
+    with pytest.warns(UserWarning, match="recomputing"):
+        changed = key_stats(model, 1, tokens=10_000, **kw)
+    assert changed.provenance["weights"] != full.provenance["weights"]
+    assert not torch.allclose(changed.moment, full.moment)
+    with pytest.raises(ValueError, match="computed on"):
+        full.check(model)
+
+
+def test_stats_bad_input(tmp_path):
+    model = tiny_model("llama")
+    with pytest.raises(ValueError, match="float32 or torch.float64"):
+        key_stats(model, 1, dtype=torch.float16, progress=False)
+    with pytest.raises(ValueError, match="positive"):
+        key_stats(model, 1, tokens=0, progress=False)
+    with pytest.raises(ValueError, match="out of range"):
+        key_stats(model, 9, progress=False)
+    with pytest.raises(FileNotFoundError):
+        key_stats(model, 1, corpus=str(tmp_path / "missing.txt"), progress=False)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"body": "x"}) + "\n")
+    with pytest.raises(ValueError, match="'text'"):
+        key_stats(model, 1, corpus=str(bad), progress=False)
+
+
+def test_wordnet_corpus_is_real_english():
+    c = corpus("wordnet")
+    first = next(iter(c.texts()))
+    assert c.id == "wordnet-3.0-glosses" and len(c.revision) == 16
+    assert len(first.split()) > 20 and first[0].isupper()

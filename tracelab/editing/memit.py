@@ -1,0 +1,102 @@
+"""MEMIT: many edits at once, spread over a range of layers (Meng et al. 2023).
+
+    >>> deltas, keys, info = memit_deltas(model, requests, layers=[3, 4, 5], stats=key_stats(model, [3, 4, 5]))
+
+z_i = h_L + δ_i is the residual at the last layer L that makes request i's target likely (see
+`values`). Then for each layer l in order, with K the requests' keys at l `[d_mlp, n]` and
+R = (z − h_L) / (number of layers left) `[d_model, n]` (the residual still missing, spread):
+
+    ΔW_l = R Kᵀ (λ C_l + K Kᵀ)⁻¹             (MEMIT eq. 14, solved in float64)
+
+Each ΔW_l is applied before the keys of the next layer are computed (they depend on it). The
+caller applies the deltas inside a `transaction`, so a failure part-way changes no weight.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Sequence
+
+import torch
+
+from ..models import Model
+from .delta import WeightDelta
+from .keys import context_templates, subject_keys, subject_values
+from .linalg import solve
+from .requests import Request
+from .stats import KeyStats
+from .values import ValueParams, optimise_values
+
+Solver = Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor]  # (layer, K [d_mlp, n], R [d_model, n]) → ΔW
+
+
+@dataclass
+class MemitParams:
+    """MEMIT's hyperparameters (λ = `mom2_weight`; z optimisation in `values`).
+
+        >>> MemitParams(mom2_weight=3000, values=ValueParams(clamp_norm=0.75))
+    """
+
+    values: ValueParams = field(default_factory=lambda: ValueParams(clamp_norm=0.75))
+    mom2_weight: float = 3000.0  # the papers used 15000–20000 on GPT-J/GPT-2 XL; too damped for SmolLM2 (edit_bench)
+    n_templates: int = 5
+    template_length: int = 10
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def spread_update(model: Model, requests: Sequence[Request], layers: Sequence[int], solver: Solver,
+                  params: MemitParams, applied: list[WeightDelta], progress: bool = True):
+    """The layer loop shared by MEMIT and AlphaEdit: optimise z at the last layer, then for each
+    layer compute K and R and apply `solver(l, K, R)`. Applied deltas are appended to `applied`.
+    Returns `(keys {layer: K [n, d_mlp]}, info)`."""
+    t0 = time.perf_counter()
+    templates = context_templates(model, params.n_templates, params.template_length)
+    last = layers[-1]
+    delta, h0, vinfo = optimise_values(model, requests, last, "resid", templates, params.values, progress)
+    z = h0 + delta                                                                   # [n, d_model]
+    t1 = time.perf_counter()
+    seconds = {"values": t1 - t0, "keys": 0.0, "solve": 0.0}
+    keys = {}
+    for i, l in enumerate(layers):
+        t = time.perf_counter()
+        K = subject_keys(model, l, requests, templates)                              # [n, d_mlp]
+        h = subject_values(model, model.resid(last), requests, ["{}"])[:, 0]          # current h_L [n, d_model]
+        seconds["keys"] += time.perf_counter() - t
+        t = time.perf_counter()
+        R = (z - h) / (len(layers) - i)                                              # spread the residual
+        update = solver(l, K.T.double(), R.T.double())
+        d = WeightDelta.build(model, l, update.float())
+        d.apply(model)
+        applied.append(d)
+        keys[l] = K
+        seconds["solve"] += time.perf_counter() - t
+    info = {"seconds": seconds, "loss": vinfo["loss"], "nll": vinfo["nll"], "steps": vinfo["steps"],
+            "delta_norm": float(delta.norm(dim=-1).mean()), "v0_norm": float(h0.norm(dim=-1).mean())}
+    return keys, info
+
+
+def memit_solver(stats: dict[int, KeyStats], mom2_weight: float) -> Solver:
+    """ΔW = R Kᵀ (λC + KKᵀ)⁻¹ (A symmetric: ΔW = (A⁻¹K Rᵀ)ᵀ)."""
+    def solver(layer: int, K: torch.Tensor, R: torch.Tensor) -> torch.Tensor:
+        A = mom2_weight * stats[layer].moment.double().to(K.device) + K @ K.T
+        return R @ solve(A, K, what=f"λC + KKᵀ (layer {layer})").T
+    return solver
+
+
+def memit_deltas(model: Model, requests: Sequence[Request], layers: Sequence[int], stats: dict[int, KeyStats],
+                 params: MemitParams | None = None, applied: list[WeightDelta] | None = None,
+                 progress: bool = True):
+    """Apply MEMIT for `requests` over `layers`; returns `(applied deltas, keys, info)`.
+
+        >>> with transaction(model) as applied:
+        ...     memit_deltas(model, reqs, [3, 4, 5], key_stats(model, [3, 4, 5]), applied=applied)
+    """
+    hp = params or MemitParams()
+    for l in layers:
+        stats[l].check(model)
+    applied = [] if applied is None else applied
+    keys, info = spread_update(model, requests, layers, memit_solver(stats, hp.mom2_weight), hp, applied, progress)
+    return applied, keys, info

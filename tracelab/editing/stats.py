@@ -1,0 +1,211 @@
+"""Key statistics: the uncentred second moment C = E[k kᵀ] of MLP keys at a layer, over a corpus.
+
+    >>> s = key_stats(model, 5, tokens=100_000)          # cached; computed once per model/corpus
+    >>> s.moment.shape, s.count                          # [d_mlp, d_mlp] float32, tokens used
+    >>> stats = key_stats(model, [3, 4, 5])              # several layers in one pass: {layer: KeyStats}
+
+Keys are `mlp_key(l)` (the input of the MLP output projection) at every non-padding token;
+the forward pass stops after the deepest layer asked for. Sums accumulate in float32 (or
+float64) whatever the model dtype, with `tracelab.kernels.accumulate_second_moment`.
+
+Cache: `<cache_dir>/stats/<model>/<corpus>/layer<l>-<dtype>.{safetensors,json}` holding the
+running sum, the token count, how many documents were read, and the provenance (model name, a
+hash of the weights up to that layer — of the unedited model —, corpus id and revision, dtype,
+max length). A cache whose provenance differs is recomputed (with a warning), never used;
+writes are atomic and partial sums are saved as they go, so an interrupted run resumes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import re
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from ..io import load_tensors, save_tensors
+from ..kernels import accumulate_second_moment
+from ..models import Model, cache_dir
+from .corpus import Corpus, corpus as get_corpus
+from .delta import tensor_hash
+
+DEFAULT_TOKENS = 100_000
+
+
+@dataclass
+class KeyStats:
+    """E[k kᵀ] of `mlp_key(layer)` over `count` corpus tokens.
+
+        >>> s = key_stats(model, 5)
+        >>> s.moment                                     # [d_mlp, d_mlp], float32 or float64
+        >>> s.provenance["corpus"], s.count
+
+    `check(model)` raises ValueError if the statistics were computed on other weights.
+    """
+
+    layer: int
+    moment: torch.Tensor
+    count: int
+    provenance: dict[str, Any]
+
+    def check(self, model: Model) -> None:
+        """ValueError if these statistics are not of `model`'s (unedited) weights at `self.layer`."""
+        want = provenance(model, self.layer, None, self.moment.dtype)
+        for key in ("model", "weights"):
+            if self.provenance.get(key) != want[key]:
+                raise ValueError(
+                    f"statistics for layer {self.layer} were computed on {key} {self.provenance.get(key)!r}, "
+                    f"but this model has {want[key]!r}: compute them for this model with key_stats(model, "
+                    f"{self.layer}) (or `tracelab stats`)"
+                )
+
+    def save(self, path: str | Path) -> Path:
+        return save_tensors(path, {"moment": self.moment}, {"layer": self.layer, "count": self.count,
+                                                            "provenance": self.provenance})
+
+    @classmethod
+    def load(cls, path: str | Path) -> KeyStats:
+        tensors, meta = load_tensors(path)
+        return cls(meta["layer"], tensors["moment"], meta["count"], meta["provenance"])
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_")[:80] or "model"
+
+
+def weights_hash(model: Model, layer: int) -> str:
+    """Hash of every weight that `mlp_key(layer)` depends on: the embedding and blocks 0..layer,
+    as they are in the unedited model (edits in the journal are looked through)."""
+    from .journal import journal
+
+    digest = hashlib.sha256()
+    with torch.no_grad(), journal(model).base_weights():
+        digest.update(tensor_hash(model.hf.get_submodule(model.arch.embed).weight).encode())
+        for l in range(layer + 1):
+            for name, p in sorted(model.layer(l).named_parameters()):
+                digest.update(name.encode() + tensor_hash(p).encode())
+    return digest.hexdigest()[:16]
+
+
+def provenance(model: Model, layer: int, corpus: Corpus | None, dtype: torch.dtype, max_len: int = 128) -> dict:
+    return {
+        "model": model.name, "weights": weights_hash(model, layer), "layer": layer, "dtype": str(dtype),
+        "corpus": corpus.id if corpus else None, "revision": corpus.revision if corpus else None,
+        "max_len": max_len,
+    }
+
+
+def _path(model: Model, c: Corpus, layer: int, dtype: torch.dtype) -> Path:
+    return cache_dir() / "stats" / _slug(model.name) / _slug(c.id) / f"layer{layer:02d}-{str(dtype)[6:]}"
+
+
+class _Run:
+    """The running sum of one layer: its cache file, provenance and progress."""
+
+    def __init__(self, model, c, layer, dtype, max_len, use_cache):
+        self.layer, self.path, self.use_cache = layer, _path(model, c, layer, dtype), use_cache
+        self.prov = provenance(model, layer, c, dtype, max_len)
+        self.sum = torch.zeros(model.d_mlp, model.d_mlp, dtype=dtype, device=model.device)
+        self.count, self.docs, self.exhausted = 0, 0, False
+        if use_cache and self.path.with_suffix(".json").exists():
+            self._resume()
+
+    def _resume(self) -> None:
+        tensors, meta = load_tensors(self.path)
+        if meta.get("provenance") != self.prov:
+            diff = {k: (meta.get("provenance", {}).get(k), v) for k, v in self.prov.items()
+                    if meta.get("provenance", {}).get(k) != v}
+            warnings.warn(f"cached statistics at {self.path} do not match this model/corpus ({diff}); recomputing",
+                          stacklevel=4)
+            return
+        self.sum = tensors["sum"].to(self.sum.device)
+        self.count, self.docs, self.exhausted = meta["count"], meta["docs"], meta["exhausted"]
+
+    def save(self) -> None:
+        if self.use_cache:
+            save_tensors(self.path, {"sum": self.sum},
+                         {"provenance": self.prov, "count": self.count, "docs": self.docs, "exhausted": self.exhausted})
+
+    def result(self) -> KeyStats:
+        if self.count == 0:
+            raise ValueError(f"no tokens for the statistics of layer {self.layer}: the corpus is empty")
+        return KeyStats(self.layer, (self.sum / self.count).cpu(), self.count, dict(self.prov, tokens=self.count))
+
+
+def key_stats(
+    model: Model, layers: int | Sequence[int], *, corpus: str | Corpus = "wordnet", tokens: int = DEFAULT_TOKENS,
+    dtype: torch.dtype = torch.float32, batch_size: int = 16, max_len: int = 128, cache: bool = True,
+    save_every: int = 20, progress: bool = True,
+) -> KeyStats | dict[int, KeyStats]:
+    """Second moments of the MLP keys at `layers` over at least `tokens` corpus tokens.
+
+        >>> key_stats(model, 5).moment.shape             # torch.Size([1536, 1536])
+        >>> key_stats(model, [4, 5], corpus="notes.txt", tokens=20_000)   # {4: KeyStats, 5: KeyStats}
+
+    Returns a `KeyStats` for an int layer, a dict `{layer: KeyStats}` for a list. Layers whose
+    cache already holds `tokens` tokens are read; the others are computed together, resuming
+    from their saved partial sums. With `cache=False` nothing is read or written.
+    """
+    single = isinstance(layers, int) and not isinstance(layers, bool)
+    layer_list = [model._check_layer(l) for l in ([layers] if single else layers)]
+    if not layer_list:
+        raise ValueError("no layers given: pass a layer index or a list of them")
+    if dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"statistics accumulate in torch.float32 or torch.float64, got {dtype}")
+    if not isinstance(tokens, int) or tokens < 1:
+        raise ValueError(f"tokens must be a positive int, got {tokens!r}")
+    c = get_corpus(corpus)
+    runs = {l: _Run(model, c, l, dtype, max_len, cache) for l in dict.fromkeys(layer_list)}
+    todo = [r for r in runs.values() if r.count < tokens and not r.exhausted]
+    # runs that stopped at different places resume separately (usually there is one group)
+    for docs, group in itertools.groupby(sorted(todo, key=lambda r: r.docs), key=lambda r: r.docs):
+        _accumulate(model, c, list(group), docs, tokens, batch_size, max_len, save_every, progress)
+    out = {l: r.result() for l, r in runs.items()}
+    return out[layer_list[0]] if single else out
+
+
+@torch.no_grad()
+def _accumulate(model: Model, c: Corpus, runs: list[_Run], skip: int, tokens: int, batch_size: int,
+                max_len: int, save_every: int, progress: bool) -> None:
+    from .journal import journal
+
+    texts = itertools.islice(c.texts(), skip, None)
+    sites = [model.mlp_key(r.layer) for r in runs]
+    bar = tqdm(total=tokens, initial=min(runs[0].count, tokens), desc=f"key stats {[r.layer for r in runs]}",
+               unit="tok", disable=not progress)
+    tok = model.tokenizer
+    tok.padding_side = "right"
+    with journal(model).base_weights():
+        for step in itertools.count():
+            consumed = list(itertools.islice(texts, batch_size))
+            batch = [t for t in consumed if t.strip()]
+            if not consumed:
+                for r in runs:
+                    r.exhausted = True
+                break
+            if not batch:
+                continue
+            enc = tok(batch, return_tensors="pt", padding=True, truncation=True, max_length=max_len)
+            enc = {k: enc[k].to(model.device) for k in ("input_ids", "attention_mask")}
+            with model.record(sites, stop=True) as cache:
+                model.hf(**enc)
+            mask = enc["attention_mask"].reshape(-1).bool()  # padding excluded
+            for r in runs:
+                keys = cache[f"blocks.{r.layer}.mlp_key"].reshape(mask.shape[0], -1)  # [batch*pos, d_mlp]
+                added = accumulate_second_moment(r.sum, keys, mask)  # sums in r.sum's dtype
+                r.count += added
+                r.docs += len(consumed)
+            bar.update(added)
+            if (step + 1) % save_every == 0:
+                for r in runs:
+                    r.save()
+            if runs[0].count >= tokens:
+                break
+    bar.close()
+    for r in runs:
+        r.save()
