@@ -52,8 +52,8 @@ def test_half_written_cache_is_never_loaded(monkeypatch, tmp_path):
 
 def test_local_directory_round_trip(tmp_path):
     model = tiny_model("gpt2")
-    model.hf.save_pretrained(tmp_path)
-    model.tokenizer.save_pretrained(tmp_path)
+    model.mlp_out_weight(1).matrix[0, 0] += 1.0  # an edited model saves as it is
+    assert model.save_pretrained(tmp_path) == tmp_path
     loaded = load_model(tmp_path)
     ids = model.tokenize("The Eiffel Tower")
     torch.testing.assert_close(loaded.hf(**ids).logits, model.hf(**ids).logits)

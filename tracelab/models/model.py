@@ -10,7 +10,9 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import ContextManager, Literal, Mapping, Sequence
 
 import torch
@@ -143,6 +145,14 @@ class Model:
         module = self.hf.get_submodule(path)
         layout = "out_in" if isinstance(module, nn.Linear) else "in_out"  # GPT-2 Conv1D: [in, out]
         return OutWeight(module.weight, layout, getattr(module, "bias", None), f"{path}.weight")
+
+    def save_pretrained(self, directory: str | os.PathLike) -> Path:
+        """Save the model as it is now (edits included) with its tokenizer, loadable by
+        `load_model(directory)`; returns the directory."""
+        directory = Path(directory)
+        self.hf.save_pretrained(directory)
+        self.tokenizer.save_pretrained(directory)
+        return directory
 
     # ---- hooks ------------------------------------------------------------------------------
     def record(self, sites: Sequence[Site | str], **kwargs) -> ContextManager[dict[str, torch.Tensor]]:
