@@ -1,0 +1,164 @@
+"""`trace(...)`: causal tracing of one fact (Meng et al. 2022, Figure 1).
+
+    >>> r = tracelab.trace(model, "The Eiffel Tower is located in the city of", "The Eiffel Tower")
+    >>> r.figure().show(); r.peak("mlp")
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Sequence
+
+import torch
+
+from .corruption import GaussianNoise, TokenReplace
+from .fast import run_fast
+from .metrics import METRICS
+from .naive import run_naive
+from .problem import Problem, warn_unknown
+from .result import KINDS, TraceResult
+
+ENGINES = ("fast", "naive")
+_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+           "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+
+
+def _int(name: str, value, low: int) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+    if value < low:
+        raise ValueError(f"{name} must be >= {low}, got {value}")
+    return value
+
+
+def check_kinds(kinds) -> tuple[str, ...]:
+    """Kinds as a tuple, validated (a single string is one kind)."""
+    kinds = (kinds,) if isinstance(kinds, str) else tuple(kinds)
+    bad = [k for k in kinds if k not in KINDS]
+    if bad or not kinds:
+        raise ValueError(f"unknown kind(s) {bad or kinds!r}: choose from {KINDS}, e.g. kinds=('resid', 'mlp')")
+    return tuple(dict.fromkeys(kinds))
+
+
+def resolve_dtype(model, dtype) -> torch.dtype | None:
+    """The autocast dtype for `dtype` (None, a torch dtype or a name), or None for the model's own."""
+    if dtype is None:
+        return None
+    if isinstance(dtype, str):
+        if dtype not in _DTYPES:
+            raise ValueError(f"unknown dtype {dtype!r}; use one of {sorted(_DTYPES)}")
+        dtype = _DTYPES[dtype]
+    if dtype == model.dtype:
+        return None
+    if dtype not in (torch.bfloat16, torch.float16):
+        raise ValueError(f"dtype {dtype} on a {model.dtype} model: autocast can only lower precision "
+                         "(bfloat16/float16); load the model in float32 instead")
+    return dtype
+
+
+def resolve_target(model, prompt: str, target, clean_top: int | None = None) -> int:
+    """Token id of `target`: None → the model's top-1 next token, str → its first token, int → itself."""
+    if target is None:
+        return int(model.next_token_logits(prompt)[0].argmax()) if clean_top is None else clean_top
+    if isinstance(target, bool) or not isinstance(target, (int, str)):
+        raise TypeError(f"target must be None, an answer string or a token id, got {type(target).__name__}")
+    if isinstance(target, int):
+        vocab = model.hf.get_output_embeddings().weight.shape[0]
+        if not 0 <= target < vocab:
+            raise ValueError(f"target token id {target} out of range 0..{vocab - 1}")
+        return target
+    return model.target_ids(prompt, target)[0]  # raises on an empty target
+
+
+def prepare(model, prompt: str, subject: str, target: str | int | None = None, *,
+            kinds: Sequence[str] | str = KINDS, corruption: GaussianNoise | TokenReplace | None = None,
+            window: int = 10, metric: str = "prob", foil: int | None = None, samples: int = 10,
+            seed: int = 0, dtype_name: str | None = None) -> Problem:
+    """Check the arguments (nothing runs on bad input), run clean and corrupted once → `Problem`.
+
+        >>> problem = prepare(model, prompt, subject, samples=3)
+        >>> run_fast(problem, cells), run_naive(problem, cells)   # cells: {kind: bool [n_layers, n_tokens]}
+    """
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise ValueError(f"empty prompt {prompt!r}: give the text the model should continue")
+    kinds = check_kinds(kinds)
+    _int("window", window, 1), _int("samples", samples, 1), _int("seed", seed, 0)
+    if metric not in METRICS:
+        raise ValueError(f"unknown metric {metric!r}; choose one of {METRICS}")
+    corruption = GaussianNoise() if corruption is None else corruption
+    if not isinstance(corruption, (GaussianNoise, TokenReplace)):
+        raise TypeError(f"corruption must be GaussianNoise(...) or TokenReplace(...), got {corruption!r}")
+    if isinstance(target, str) and not target.strip():
+        raise ValueError(f"empty target {target!r}: give the answer text, e.g. 'Paris', or None for the top-1")
+    ids = model.tokenize(prompt)["input_ids"]
+    span = model.subject_span(prompt, subject)  # ValueError with the tokens if absent
+    target_id = resolve_target(model, prompt, target)
+    if isinstance(corruption, TokenReplace):
+        samples = 1
+    corrupted = corruption.corrupt(model, ids, span, samples, seed)
+    problem = Problem.build(model, ids, span, target_id, corrupted, metric, foil, window, kinds,
+                            dtype_name or str(model.dtype).replace("torch.", ""))
+    warn_unknown(model, prompt, target_id, problem.clean_top)
+    return problem
+
+
+def trace(model, prompt: str, subject: str, target: str | int | None = None, *,
+          kinds: Sequence[str] | str = KINDS, corruption: GaussianNoise | TokenReplace | None = None,
+          window: int = 10, metric: str = "prob", foil: int | None = None, samples: int = 10,
+          seed: int = 0, dtype: torch.dtype | str | None = None, progress: bool = True,
+          engine: str = "fast", screen: int | None = None, max_batch_tokens: int = 16384) -> TraceResult:
+    """Causal trace: restore clean states into corrupted runs, cell by cell (kind × layer × token).
+
+        >>> r = trace(model, "The Eiffel Tower is located in the city of", "The Eiffel Tower")
+        >>> r.effect("mlp").shape            # [n_layers, n_tokens]
+        >>> trace(model, prompt, subject, dtype="bfloat16", screen=50)   # fast: bf16, top-50 cells exact
+
+    - `target`: None → the model's top-1 next token; a string → its first token; an int → token id.
+    - `kinds`: `resid` restores the block output at (layer, token); `mlp`/`attn` restore that
+      sublayer's output at the token for the `window` layers centred on the layer.
+    - `corruption`: `GaussianNoise()` (default; 3 × subject-embedding std) or `TokenReplace(prompt)`.
+    - `metric`: `prob`, `log_prob` or `logit_diff` (vs `foil`, default the corrupted top-1).
+    - `dtype`: e.g. "bfloat16" runs everything under autocast (the paper's setting; ~6× faster matmuls here).
+    - `engine`: "fast" (the walk, see `tracing.fast`) or "naive" (one forward per cell, the reference).
+    - `screen=k`: estimate all cells by attribution patching, run only the top-k per kind exactly.
+    Returns a `TraceResult` (scores `[samples, n_layers, n_tokens]` per kind).
+    """
+    _int("max_batch_tokens", max_batch_tokens, 1)
+    if engine not in ENGINES:
+        raise ValueError(f"unknown engine {engine!r}; choose one of {ENGINES}")
+    if screen is not None:
+        _int("screen", screen, 0)
+    autocast = resolve_dtype(model, dtype)
+    dtype_name = str(autocast or model.dtype).replace("torch.", "")
+    amp = torch.autocast(model.device.type, dtype=autocast) if autocast else contextlib.nullcontext()
+    with amp:
+        problem = prepare(model, prompt, subject, target, kinds=kinds, corruption=corruption, window=window,
+                          metric=metric, foil=foil, samples=samples, seed=seed, dtype_name=dtype_name)
+        kinds, corrupted = problem.kinds, problem.corrupted
+        n, L = problem.n_tokens, problem.n_layers
+        computable = torch.zeros(L, n, dtype=torch.bool)
+        computable[:, corrupted.first:] = True  # before `first`, restoring changes nothing: effect 0
+        cells = {k: (torch.ones(L, n, dtype=torch.bool) if engine == "naive" else computable) for k in kinds}
+        estimates = None
+        if screen is not None:
+            from .attribution import estimate_scores, top_cells
+
+            estimates = estimate_scores(problem)
+            cells = {k: top_cells(estimates[k], problem.corrupted_scores, computable, screen) for k in kinds}
+        if not any(mask.any() for mask in cells.values()):
+            scores = problem.empty_scores()
+        elif engine == "naive":
+            scores = run_naive(problem, cells, progress=progress)
+        else:
+            scores = run_fast(problem, cells, progress=progress, max_batch_tokens=max_batch_tokens)
+    exact = {k: cells[k] | ~computable for k in kinds}
+    if estimates is not None:
+        for k in kinds:
+            scores[k][:, ~exact[k]] = estimates[k][:, ~exact[k]]
+    settings = {"model": model.name, "kinds": list(kinds), "window": window, "samples": corrupted.samples, "seed": seed,
+                "dtype": dtype_name, "engine": engine, "screen": screen, "foil": problem.metric.foil,
+                "first_corrupted": corrupted.first, **corrupted.settings}
+    target_id = problem.metric.target
+    return TraceResult(prompt, subject, model.tokenizer.decode([target_id]), target_id,
+                       [model.tokenizer.decode([i]) for i in problem.ids[0].tolist()], problem.span, metric,
+                       scores, problem.clean_score, problem.corrupted_scores, exact, settings)

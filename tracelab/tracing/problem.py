@@ -1,0 +1,98 @@
+"""One causal-tracing problem, shared by the engines: tokens, corruption, target, metric, window.
+
+    >>> problem = Problem.build(model, prompt, subject, target, corruption=GaussianNoise(), ...)
+    >>> problem.window_layers(12)            # layers whose MLP/attention a cell at layer 12 restores
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import torch
+
+from ..models.hooks import Site, intervene
+from .corruption import Corrupted
+from .metrics import Metric
+
+
+@dataclass
+class Problem:
+    """Everything the engines need: `ids` `[1, n]`, subject `span`, the `corrupted` run, the
+    `metric`, the MLP/attention `window`, and the clean/corrupted scores."""
+
+    model: object
+    ids: torch.Tensor
+    span: tuple[int, int]
+    corrupted: Corrupted
+    metric: Metric
+    window: int
+    kinds: tuple[str, ...]
+    clean_score: float
+    corrupted_scores: torch.Tensor  # [samples]
+    clean_top: int  # the clean run's top-1 token id
+
+    @property
+    def n_tokens(self) -> int:
+        return self.ids.shape[1]
+
+    @property
+    def n_layers(self) -> int:
+        return self.model.n_layers
+
+    def window_layers(self, layer: int) -> range:
+        """The paper's window of `window` layers centred on `layer`, clipped at the ends."""
+        w = self.window
+        return range(max(0, layer - w // 2), min(self.n_layers, layer - (-w // 2)))
+
+    def restored_sites(self, kind: str, layer: int) -> list[Site]:
+        """Sites whose clean value a cell (kind, layer) writes back at its token."""
+        if kind == "resid":
+            return [self.model.resid(layer)]
+        site = self.model.mlp_out if kind == "mlp" else self.model.attn_out
+        return [site(j) for j in self.window_layers(layer)]
+
+    def clean_sites(self) -> dict[str, torch.Tensor]:
+        """Clean values of every block output, MLP and attention output, keyed by site name `[1, n, d]`."""
+        m = self.model
+        sites = [s for l in range(self.n_layers) for s in (m.resid(l), m.mlp_out(l), m.attn_out(l))]
+        with torch.no_grad(), m.record(sites) as cache:
+            m.hf(input_ids=self.ids)
+        return cache
+
+    def empty_scores(self) -> dict[str, torch.Tensor]:
+        """`{kind: [samples, n_layers, n_tokens]}` filled with each sample's corrupted score."""
+        base = self.corrupted_scores[:, None, None].expand(-1, self.n_layers, self.n_tokens)
+        return {kind: base.clone() for kind in self.kinds}
+
+    @classmethod
+    def build(cls, model, ids, span, target_id: int, corrupted: Corrupted, metric: str, foil: int | None,
+              window: int, kinds: tuple[str, ...], dtype_name: str) -> "Problem":
+        """Run clean and corrupted once, check them, fix the metric (and the foil for logit_diff)."""
+        with torch.no_grad():
+            clean_logits = model.hf(input_ids=ids).logits[:, -1].float()
+            patches = {model.embed: corrupted.embed_fn} if corrupted.embed_fn else {}
+            with intervene(model, patches):
+                corrupt_logits = model.hf(input_ids=corrupted.ids).logits[:, -1].float()
+        if not torch.isfinite(corrupt_logits).all():
+            raise FloatingPointError(
+                f"the corrupted run produced NaN/inf logits in {dtype_name}: the noise is too large for "
+                f"this dtype, or the model overflows in it; trace in float32 (dtype='float32') or use a "
+                "smaller GaussianNoise(scale=...)")
+        if metric == "logit_diff" and foil is None:  # the corrupted run's favourite other token
+            probs = corrupt_logits.softmax(-1).mean(0)
+            probs[target_id] = -1
+            foil = int(probs.argmax())
+        score = Metric(metric, target_id, foil)
+        return cls(model, ids, span, corrupted, score, window, kinds, float(score(clean_logits)[0]),
+                   score(corrupt_logits).cpu(), int(clean_logits[0].argmax()))
+
+
+def warn_unknown(model, prompt: str, target_id: int, clean_top: int) -> None:
+    """Warn when the model does not predict the target: tracing a fact it doesn't know is noise."""
+    if clean_top != target_id:
+        tok = model.tokenizer
+        warnings.warn(
+            f"the model predicts {tok.decode([clean_top])!r} after {prompt!r}, not the target "
+            f"{tok.decode([target_id])!r}: the trace of a fact the model does not know is mostly noise",
+            stacklevel=3)
