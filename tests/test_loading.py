@@ -106,19 +106,17 @@ def test_same_object_gives_same_model():
             as_model(bad)
 
 
-def test_transformer_bridge_and_nnsight_share_weights():
+def test_nnsight_model_shares_weights():
+    """(TransformerBridge objects: tests/test_byo_models.py, one bridge per process.)"""
     from nnsight import LanguageModel
-    from transformer_lens.model_bridge import TransformerBridge
 
     tiny = tiny_model("gpt2")
-    bridge = TransformerBridge.boot_transformers("gpt2", hf_model=tiny.hf, tokenizer=tiny.tokenizer)
     lm = LanguageModel(tiny.hf, tokenizer=tiny.tokenizer)
-    for wrapped in (bridge, lm):
-        model = load_model(wrapped)
-        assert model.hf is tiny.hf and model.tokenizer is tiny.tokenizer
-    weight = as_model(bridge).mlp_out_weight(0)
+    model = load_model(lm)
+    assert model.hf is tiny.hf and model.tokenizer is tiny.tokenizer
+    weight = model.mlp_out_weight(0)
     weight.matrix[0, 0] += 1.0  # an edit through tracelab shows through the user's object
-    assert bridge.original_model.get_submodule(tiny.arch.layers)[0].mlp.c_proj.weight[0, 0] == weight.param[0, 0]
+    assert lm._module.transformer.h[0].mlp.c_proj.weight[0, 0] == weight.param[0, 0]
 
 
 def test_non_transformers_module_is_refused():

@@ -16,6 +16,8 @@ from typing import Any, Iterable, Mapping, Sequence
 import torch
 
 from ..models import Model
+from ..models.loading import as_model
+from ..tracing.walk import walkable
 from .alphaedit import AlphaEditParams, alphaedit_deltas
 from .delta import WeightDelta
 from .journal import Edit, journal, transaction
@@ -107,8 +109,13 @@ def edit(
     corpus=corpus, tokens=stats_tokens)` (cached). Requests whose target the model already gives
     are skipped with a warning. Bad input → ValueError/TypeError, and no weight changes.
     """
-    if not isinstance(model, Model):
-        raise TypeError(f"edit() needs a tracelab Model (tracelab.load_model()), got {type(model).__name__}")
+    model = as_model(model)  # a Model, transformers model, TransformerBridge or nnsight model
+    if not walkable(model):
+        raise ValueError(
+            "this model's decoder blocks are wrapped (a booted TransformerLens bridge replaces them in place) "
+            "and the v* optimisation replays raw blocks: edit the transformers model before booting the "
+            "bridge (the bridge then sees the edited weights)"
+        )
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}: use one of {METHODS}")
     if requests is not None and (subject, prompt, target) != (None, None, None):

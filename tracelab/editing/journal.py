@@ -22,6 +22,7 @@ import torch
 
 from ..io import atomic_write, load_tensors, save_tensors
 from ..models import Model
+from ..models.loading import as_model
 from .delta import WeightDelta, tensor_hash
 from .requests import Request
 
@@ -229,8 +230,7 @@ def journal(model: Model) -> Journal:
         >>> journal(model).edits
         []
     """
-    if not isinstance(model, Model):
-        raise TypeError(f"journal() needs a tracelab Model, got {type(model).__name__}")
+    model = as_model(model)  # a Model, transformers model, TransformerBridge or nnsight model
     if model not in _JOURNALS:
         _JOURNALS[model] = Journal(model)
     return _JOURNALS[model]

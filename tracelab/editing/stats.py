@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 from ..io import load_tensors, save_tensors
 from ..kernels import accumulate_second_moment
 from ..models import Model, cache_dir
+from ..models.loading import as_model
 from .corpus import Corpus, corpus as get_corpus
 from .delta import tensor_hash
 
@@ -151,6 +152,7 @@ def key_stats(
     cache already holds `tokens` tokens are read; the others are computed together, resuming
     from their saved partial sums. With `cache=False` nothing is read or written.
     """
+    model = as_model(model)  # a Model, transformers model, TransformerBridge or nnsight model
     single = isinstance(layers, int) and not isinstance(layers, bool)
     layer_list = [model._check_layer(l) for l in ([layers] if single else layers)]
     if not layer_list:

@@ -25,6 +25,7 @@ from ..editing import Edit, edit as do_edit, journal
 from ..editing.api import METHODS
 from ..io import atomic_write
 from ..models import Model
+from ..models.loading import as_model
 from .metrics import generate, n_gram_entropy, score_targets
 from .records import Record, read_records, to_record
 
@@ -147,6 +148,7 @@ def evaluate(
     a callable returning a context manager during which the intervention is active.
     `edit_kwargs` go to `tracelab.edit`. The model's weights are the same afterwards.
     """
+    model = as_model(model)  # a Model, transformers model, TransformerBridge or nnsight model
     if isinstance(records, Edit):
         intervention = records if intervention is None else intervention
         records = [Record(r) for r in records.requests]

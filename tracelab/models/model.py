@@ -61,8 +61,7 @@ class Model:
         if tokenizer.pad_token_id is None:  # batching needs a pad id; padding is always masked
             tokenizer.pad_token = tokenizer.eos_token
         self.name = name or getattr(config, "_name_or_path", "") or config.model_type
-        self._layers: nn.ModuleList = hf.get_submodule(self.arch.layers)
-        self.n_layers = len(self._layers)
+        self.n_layers = len(hf.get_submodule(self.arch.layers))
         self.d_model = hf.get_submodule(self.arch.embed).weight.shape[1]
         self.d_mlp = self.mlp_out_weight(0).matrix.shape[1]
 
@@ -98,7 +97,8 @@ class Model:
 
     def layer(self, layer: int) -> nn.Module:
         """The decoder block module of `layer`."""
-        return self._layers[self._check_layer(layer)]
+        # Looked up each time: wrappers (a TransformerLens bridge) may replace blocks in place.
+        return self.hf.get_submodule(self._layer_path(layer))
 
     @property
     def embed(self) -> Site:

@@ -17,7 +17,7 @@ from contextlib import ExitStack, contextmanager
 from typing import Iterator, Sequence, Union
 
 import torch
-
+from ..models.loading import as_model
 from .vector import SteeringVector
 
 Steering = Union[SteeringVector, Sequence[tuple[SteeringVector, float]]]
@@ -86,6 +86,7 @@ def steer(
     with "all"); or position indices into each forward pass's tokens. `norm_match`: rescale each steered position back to its unsteered norm,
     h' = (h + α·v)·‖h‖/‖h + α·v‖, so large α changes direction, not scale.
     """
+    model = as_model(model)  # a Model, transformers model, TransformerBridge or nnsight model
     if isinstance(positions, str) and positions not in POSITIONS:
         raise ValueError(f"positions must be one of {POSITIONS} or a list of indices, got {positions!r}")
     if isinstance(layers, int):

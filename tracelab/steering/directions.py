@@ -17,6 +17,7 @@ from typing import Sequence
 import torch
 from tqdm.auto import tqdm
 
+from ..models.loading import as_model
 from .pairs import Pair, as_pairs, split
 from .vector import SteeringVector
 
@@ -89,6 +90,7 @@ def actadd(
     Turner et al. add the whole token-by-token difference at the front of the prompt; here it
     is the difference at `position` ("last" token or "mean"), added wherever `steer` says.
     """
+    model = as_model(model)  # a Model, transformers model, TransformerBridge or nnsight model
     pairs = as_pairs([(positive, negative)])
     layers = _layers(model, layer)
     diff = differences(model, pairs, layers, position)[0]
@@ -107,6 +109,7 @@ def caa(
     `pairs`: `(positive, negative)` texts (see `as_pairs`); `position`: "last" (the answer
     token, as in Rimsky et al.) or "mean". `source` names the data in the vector's metadata.
     """
+    model = as_model(model)  # a Model, transformers model, TransformerBridge or nnsight model
     pairs = as_pairs(pairs)
     layers = _layers(model, layers)
     diff = differences(model, pairs, layers, position, progress)
@@ -136,6 +139,7 @@ def repe(
     held-out pairs; the vector's `reading_accuracy[l]` is the fraction of held-out pairs with
     (h⁺ − h⁻)·v_l > 0. `None` fits on all pairs and measures nothing.
     """
+    model = as_model(model)  # a Model, transformers model, TransformerBridge or nnsight model
     pairs = as_pairs(pairs)
     layers = _layers(model, layers)
     if isinstance(held_out, (int, float)) and not isinstance(held_out, bool):

@@ -7,12 +7,15 @@
 from __future__ import annotations
 
 import contextlib
+import warnings
 from typing import Sequence
 
 import torch
 
+from ..models.loading import as_model
 from .corruption import GaussianNoise, TokenReplace
 from .fast import run_fast
+from .walk import walkable
 from .metrics import METRICS
 from .naive import run_naive
 from .problem import Problem, warn_unknown
@@ -123,9 +126,15 @@ def trace(model, prompt: str, subject: str, target: str | int | None = None, *,
     - `screen=k`: estimate all cells by attribution patching, run only the top-k per kind exactly.
     Returns a `TraceResult` (scores `[samples, n_layers, n_tokens]` per kind).
     """
+    model = as_model(model)  # a Model, transformers model, TransformerBridge or nnsight model
     _int("max_batch_tokens", max_batch_tokens, 1)
     if engine not in ENGINES:
         raise ValueError(f"unknown engine {engine!r}; choose one of {ENGINES}")
+    if engine == "fast" and not walkable(model):
+        warnings.warn("this model's decoder layers are wrapped (e.g. by a TransformerLens bridge) and take "
+                      "only *args/**kwargs, so the layer walk cannot replay their calls: using the naive "
+                      "engine (same results, slower)", stacklevel=2)
+        engine = "naive"
     if screen is not None:
         _int("screen", screen, 0)
     autocast = resolve_dtype(model, dtype)

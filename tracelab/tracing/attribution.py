@@ -17,6 +17,7 @@ from typing import Sequence
 import torch
 
 from ..models.hooks import intervene
+from ..models.loading import as_model
 from .problem import Problem
 from .result import KINDS, TraceResult
 
@@ -75,6 +76,7 @@ def attribute(model, prompt: str, subject: str, target: str | int | None = None,
     Takes `trace`'s keyword arguments (corruption, window, metric, samples, seed, dtype);
     returns a `TraceResult` whose `exact` masks are False except before the subject.
     """
+    model = as_model(model)  # a Model, transformers model, TransformerBridge or nnsight model
     from .api import trace
 
     return trace(model, prompt, subject, target, kinds=kinds, screen=0, **kwargs)

@@ -22,6 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..io import atomic_write, load_tensors, save_tensors
+from ..models.loading import as_model
 from .api import check_kinds, trace
 from .result import KINDS, TOKEN_CLASSES, TraceResult
 
@@ -119,6 +120,7 @@ def trace_dataset(model, facts: Sequence[dict] | str | os.PathLike, out: str | o
     `facts`: records (or a JSON file of them) with `prompt`, `subject`, `attribute`; `limit`: trace
     at most this many known facts; other keywords go to `trace`. Returns a `DatasetTrace`.
     """
+    model = as_model(model)  # a Model, transformers model, TransformerBridge or nnsight model
     facts = _load_facts(facts)
     kinds = check_kinds(kinds)
     if limit is not None and (not isinstance(limit, int) or limit < 1):

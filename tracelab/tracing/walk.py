@@ -27,6 +27,17 @@ from ..models.hooks import intervene
 _CACHE_ARGS = ("past_key_values", "layer_past")
 
 
+def walkable(model) -> bool:
+    """Whether every decoder layer's forward names its parameters: a wrapper taking `*args`
+    (such as a TransformerLens bridge block) cannot have its calls replayed."""
+    for l in range(model.n_layers):
+        params = list(inspect.signature(model.layer(l).forward).parameters.values())
+        if not params or params[0].kind is inspect.Parameter.VAR_KEYWORD or any(
+                p.kind is inspect.Parameter.VAR_POSITIONAL for p in params):
+            return False
+    return True
+
+
 class _Prefix:
     """Stands in for a transformers Cache in one layer call: `update` prepends the prefix keys
     and values `[rows, kv_heads, start, head_dim]` and keeps the new ones (`new`)."""
