@@ -22,7 +22,7 @@ class Architecture:
     - `mlp_out_proj`: the MLP's output projection; its input is `mlp_key(l)` (ROME's k) and its
       weight is what editors change.
     - `embed`: the token embedding; its output is the `embed` site (noise goes here).
-    - `final_norm`, `unembed`: the last norm and the LM head.
+    - `final_norm`: the last norm (the LM head is `hf.get_output_embeddings()` in every family).
     - `parallel`: attention and MLP read the same block input (GPT-J, NeoX parallel residual).
     """
 
@@ -34,7 +34,6 @@ class Architecture:
     mlp_out_proj: str
     embed: str
     final_norm: str
-    unembed: str = "lm_head"
     parallel: bool = False
 
 
@@ -78,7 +77,6 @@ ARCHITECTURES: tuple[Architecture, ...] = (
         mlp_out_proj="mlp.dense_4h_to_h",
         embed="gpt_neox.embed_in",
         final_norm="gpt_neox.final_layer_norm",
-        unembed="embed_out",
         parallel=True,  # when config.use_parallel_residual (Pythia); see Model.parallel
     ),
     Architecture(family="llama", model_types=("llama", "mistral"), **_LLAMA_LIKE),

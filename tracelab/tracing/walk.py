@@ -171,7 +171,7 @@ class Walker:
         project_out = getattr(hf.get_submodule(arch.layers.rsplit(".", 1)[0]), "project_out", None)
         if project_out is not None:  # OPT-350m
             x = project_out(x)
-        logits = hf.get_output_embeddings()(x)  # (GPT-NeoX's is not at arch.unembed in transformers 5)
+        logits = hf.get_output_embeddings()(x)
         cap = getattr(hf.config, "final_logit_softcapping", None)
         if cap:
             logits = torch.tanh(logits / cap) * cap
