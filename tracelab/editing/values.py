@@ -26,11 +26,12 @@ from __future__ import annotations
 
 import contextlib
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Literal, Sequence
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from tqdm.auto import tqdm
 
 from ..models import Model
@@ -74,6 +75,10 @@ class _Batch:
     targets: torch.Tensor     # [B, n_keep] token to score there (-1: not scored)
     owner: torch.Tensor       # [B] which request of the chunk the row belongs to
     is_kl: torch.Tensor       # [B] bool: the KL row ("{subject} is a")
+
+    def select(self, rows: torch.Tensor) -> "_Batch":
+        """The rows where `rows` (bool `[B]`) is true."""
+        return _Batch(*(getattr(self, f.name)[rows] for f in fields(self)))
 
 
 def _rows(model: Model, requests: Sequence[Request], templates: Sequence[str]) -> _Batch:
@@ -170,6 +175,19 @@ class _Engine:
     def logits(self, delta_rows):
         return self._forward(delta_rows)
 
+    def select(self, rows: torch.Tensor) -> None:
+        """Keep only the rows where `rows` (bool `[B]`) is true: finished requests stop costing."""
+        B = len(self.b.owner)
+        self.b = self.b.select(rows)
+        if not self.fast:
+            return
+        pick = lambda x: x[rows] if torch.is_tensor(x) and x.dim() and x.shape[0] == B else x  # noqa: E731
+        if self.cache is not None:
+            self.saved = [{k: pick(v) for k, v in saved.items()} for saved in self.saved]
+            for layer, saved in zip(self.cache.layers, self.saved):
+                layer.__dict__.update(saved)
+        self.below = tuple(map(pick, self.below)) if isinstance(self.below, tuple) else pick(self.below)
+
 
 def _unpadded(b: _Batch):
     """Rows right-padded instead of left-padded: ids `[B, P+S]`, mask, and each row's shift."""
@@ -217,7 +235,7 @@ def optimise_values(
     deltas, inits, info = [], [], {"loss": [], "nll": [], "steps": []}
     start = time.perf_counter()
     grads = [p.requires_grad for p in model.hf.parameters()]
-    model.hf.requires_grad_(False)
+    model.hf.requires_grad_(hp.bf16)  # so autocast caches its bf16 weight casts (see _compute_mode)
     try:
         chunks = range(0, len(requests), hp.batch_requests)
         for i in tqdm(chunks, desc=f"v*/z ({site} {layer})", disable=not progress or len(chunks) < 2):
@@ -233,14 +251,29 @@ def optimise_values(
     return torch.cat(deltas), torch.cat(inits), info
 
 
+@contextlib.contextmanager
+def _compute_mode(model: Model, hp: ValueParams):
+    """One autocast region per chunk (it caches the bf16 casts of weights that require grad, and
+    gradients are only ever taken for δ), and on CPU the plain-math attention, whose backward is
+    ~2× faster than the flash kernel's at these lengths."""
+    with contextlib.ExitStack() as stack:
+        if hp.bf16:
+            stack.enter_context(torch.autocast(model.device.type, dtype=torch.bfloat16))
+        if model.device.type == "cpu":
+            stack.enter_context(sdpa_kernel([SDPBackend.MATH]))
+        yield
+
+
 def _optimise_chunk(model, requests, site, first, templates, hp):
-    b = _rows(model, requests, templates)
+    with _compute_mode(model, hp):
+        return _optimise_rows(model, requests, _rows(model, requests, templates), site, first, hp)
+
+
+def _optimise_rows(model, requests, b, site, first, hp):
     n = len(requests)
-    autocast = torch.autocast(model.device.type, dtype=torch.bfloat16) if hp.bf16 else contextlib.nullcontext()
-    with autocast:
-        engine = _Engine(model, b, site, first, fast=hp.engine == "fast")
-        with torch.no_grad(), model.record([site]) as rec:
-            logits0 = engine.logits(None)
+    engine = _Engine(model, b, site, first, fast=hp.engine == "fast")
+    with torch.no_grad(), model.record([site]) as rec:
+        logits0 = engine.logits(None)
     if engine.fast:
         v_rows = rec[site.name][:, 0].float()
     else:
@@ -248,45 +281,46 @@ def _optimise_chunk(model, requests, site, first, templates, hp):
         v_rows = rec[site.name][torch.arange(len(shift)), shift + engine.P].float()
     plain = torch.tensor([j for j in range(len(b.owner)) if j == 0 or b.owner[j] != b.owner[j - 1]])
     v0 = v_rows[plain]  # first row of each request = the plain "{}" template
-    kl_rows = b.is_kl
-    kl_init = logits0[kl_rows, 0].float().log_softmax(-1)  # [n, vocab]
-    scored = b.targets >= 0
-    rewrite = ~kl_rows
-    n_rows = torch.bincount(b.owner[rewrite], minlength=n).float()  # rewrite rows per request
+    kl_init = logits0[b.is_kl, 0].float().log_softmax(-1)  # [n, vocab], request i's KL row is the i-th
+    n_rows = torch.bincount(b.owner[~b.is_kl], minlength=n).float()  # rewrite rows per request
 
     delta = torch.zeros(n, model.d_model, device=model.device, requires_grad=True)
     opt = torch.optim.Adam([delta], lr=hp.lr)
     done = torch.zeros(n, dtype=torch.bool, device=model.device)
-    last_loss = last_nll = torch.zeros(n)
+    last_loss, last_nll = torch.zeros(n), torch.zeros(n)
     steps = torch.zeros(n, dtype=torch.long)
     max_norm = hp.clamp_norm * v0.norm(dim=-1)
     for step in range(hp.steps):
-        with autocast:
-            logits = engine.logits(delta[b.owner]).float()
-        logp = logits.log_softmax(-1)
+        b, active = engine.b, ~done  # the rows of the requests still being optimised
+        logp = engine.logits(delta[b.owner]).float().log_softmax(-1)
         # −mean_j log p(target_j) per rewrite row, then the mean over each request's rows
+        scored, rewrite, kl_rows = b.targets >= 0, ~b.is_kl, b.is_kl
         tok_logp = torch.take_along_dim(logp, b.targets.clamp(min=0)[..., None], -1)[..., 0] * scored
         row_nll = -tok_logp.sum(-1) / scored.sum(-1).clamp(min=1)
         nll = torch.zeros(n, device=model.device).index_add(0, b.owner[rewrite], row_nll[rewrite]) / n_rows
-        kl = F.kl_div(kl_init, logp[kl_rows, 0], log_target=True, reduction="none").sum(-1)  # [n]
+        kl_row = F.kl_div(kl_init[b.owner[kl_rows]], logp[kl_rows, 0], log_target=True, reduction="none").sum(-1)
+        kl = torch.zeros(n, device=model.device).index_add(0, b.owner[kl_rows], kl_row)
         decay = delta.norm(dim=-1) / v0.norm(dim=-1) ** 2
-        loss = nll + hp.kl_factor * kl + hp.weight_decay * decay
-        if not torch.isfinite(loss).all():
-            bad = [requests[i].subject for i in torch.nonzero(~torch.isfinite(loss))[:, 0].tolist()]
+        loss = nll + hp.kl_factor * kl + hp.weight_decay * decay  # [n], meaningful where active
+        if not torch.isfinite(loss[active]).all():
+            bad = [requests[i].subject for i in torch.nonzero(active & ~torch.isfinite(loss))[:, 0].tolist()]
             raise ValueError(f"NaN/inf loss in the v*/z optimisation at step {step} for {bad}; no weight was "
                              "changed. Lower the learning rate (lr) or check the model's dtype")
-        last_loss, last_nll = loss.detach().cpu(), nll.detach().cpu()
-        steps += (~done).cpu().long()
-        done = done | (nll.detach() < hp.stop_nll)  # the target is likely enough (p ≈ e^-0.05 ≈ 0.95)
+        last_loss[active.cpu()] = loss.detach()[active].float().cpu()
+        last_nll[active.cpu()] = nll.detach()[active].cpu()
+        steps += active.cpu().long()
+        done = done | (active & (nll.detach() < hp.stop_nll))  # p(target) ≈ e^-0.05 ≈ 0.95: stop
         if done.all() or step == hp.steps - 1:
             break
         kept = delta.detach()[done].clone()
         opt.zero_grad()
-        loss[~done].sum().backward()
+        delta.grad, = torch.autograd.grad(loss[~done].sum(), [delta])  # δ only, never the weights
         opt.step()
         with torch.no_grad():  # norm bound ‖δ‖ ≤ clamp·‖v₀‖, and freeze requests that are done
             scale = (max_norm / delta.norm(dim=-1).clamp(min=1e-12)).clamp(max=1)
             delta.mul_(scale[:, None])
             delta[done] = kept
+        if (done & active).any():  # newly finished: their rows leave the batch
+            engine.select(~done[engine.b.owner])
     return delta.detach().float(), v0, {"loss": last_loss.tolist(), "nll": last_nll.tolist(),
                                         "steps": steps.tolist()}
