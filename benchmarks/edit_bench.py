@@ -100,6 +100,14 @@ def bench_batch(model, recs, method, layers, stats, seq_batch=None, score_every=
     return rows, curve, edit_time, time.perf_counter() - t0
 
 
+def save(out: dict, complete: bool = False) -> None:
+    """Write what has been measured so far (a crash or a time limit keeps the finished sections)."""
+    out["complete"] = complete
+    out["peak_rss_GiB"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(out, indent=1))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="smoke sizes: --rome 5 --memit 10 --seq 20 --seq-batch 10")
@@ -141,6 +149,7 @@ def main() -> None:
                        "post": summarise(rows), "median_total_s": statistics.median(x["total"] for x in times),
                        "median_breakdown_s": {k: statistics.median(x[k] for x in times) for k in ("keys", "values", "solve")},
                        "median_steps": statistics.median(x["steps"] for x in times)}
+        save(out)
         if recs:
             print(f"ROME ×{len(recs)}: {out['rome']['post']} median {out['rome']['median_total_s']:.1f}s")
 
@@ -149,7 +158,8 @@ def main() -> None:
             rows, _, edit_s, _ = bench_batch(model, recs, "memit", layers, {l: stats[l] for l in layers})
             out["memit"].append({"n": len(recs), "known": n_known, "layers": layers, "edit_seconds": edit_s,
                                  "pre": summarise(rows, "pre"), "post": summarise(rows)})
-            print(f"MEMIT-{len(recs)}: {edit_s:.0f}s {out['memit'][-1]['post']}")
+            save(out)
+            print(f"MEMIT-{len(recs)}: {edit_s:.0f}s {out['memit'][-1]['post']}", flush=True)
 
         recs, n_known = take(known, unknown, args.seq)
         for method in ("alphaedit", "memit") if recs else ():
@@ -157,11 +167,10 @@ def main() -> None:
                                                  seq_batch=args.seq_batch)
             out["sequential"][method] = {"n": len(recs), "known": n_known, "batch": args.seq_batch,
                                          "edit_seconds": edit_s, "pre": summarise(rows, "pre"), "curve": curve}
-            print(f"{method} sequential {len(recs)}/{args.seq_batch}: {curve[-1]}")
-    out["peak_rss_GiB"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+            save(out)
+            print(f"{method} sequential {len(recs)}/{args.seq_batch}: {curve[-1]}", flush=True)
+    save(out, complete=True)
     print_table(out)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(out, indent=1))
     print(f"wrote {RESULTS}")
 
 
