@@ -11,6 +11,8 @@ from tracelab.models.tiny import tiny_model
 PROMPT, SUBJECT = "The Eiffel Tower is in", "The Eiffel Tower"
 
 
+EDIT = dict(subject=SUBJECT, prompt="{} is in", target="Rome", method="rome", layer=1,
+            params=tl.editing.RomeParams(values=tl.editing.ValueParams(steps=4, bf16=False), n_templates=2))
 OPTIONS = dict(kinds=("resid", "mlp"), samples=2, corruption=tl.GaussianNoise(std=0.5), progress=False)
 
 
@@ -23,6 +25,10 @@ def wrapped():
 
     model = tiny_model("gpt2")
     model.fast_trace = tl.trace(model, PROMPT, SUBJECT, **OPTIONS)  # before the bridge wraps the blocks
+    model.stats = tl.editing.key_stats(model, 1, tokens=400, cache=False, progress=False)
+    e = tl.edit(model, **EDIT, stats=model.stats, progress=False)
+    model.native_update = e.deltas[0].delta.clone()
+    e.undo()
     bridge = TransformerBridge.boot_transformers("gpt2", hf_model=model.hf, tokenizer=model.tokenizer)
     return model, {"transformers": model.hf, "bridge": bridge, "nnsight": NNsight(model.hf)}
 
@@ -60,12 +66,22 @@ def test_edit_through_the_users_object_changes_its_weights(wrap):
     assert torch.equal(weight, before)
 
 
-def test_edit_through_a_bridge_is_refused_cleanly(wrapped):
-    """A booted bridge wraps the blocks in place; the v* optimisation replays raw blocks, so the
-    edit is refused before any weight changes."""
+def test_edit_through_a_bridge_changes_the_bridge_weights(wrapped):
+    """A booted bridge wraps the blocks in place, so the v*/z optimisation runs its reference
+    engine (with a warning); the update equals the native one, the bridge computes with the
+    edited weight, and undo restores it bit for bit."""
     model, objects = wrapped
+    bridge = objects["bridge"]
     before = {k: v.clone() for k, v in model.hf.state_dict().items()}
-    with pytest.raises(ValueError, match="TransformerLens bridge"):
-        tl.edit(objects["bridge"], subject=SUBJECT, prompt="{} is in", target="Rome", method="rome", layer=1,
-                progress=False)
+    tokens = model.tokenizer(PROMPT, return_tensors="pt").input_ids
+    with torch.no_grad():
+        logits_before = bridge(tokens)
+    with pytest.warns(UserWarning, match="reference engine"):
+        e = tl.edit(bridge, **EDIT, stats=model.stats, progress=False)
+    torch.testing.assert_close(e.deltas[0].delta, model.native_update, atol=1e-5, rtol=1e-4)
+    with torch.no_grad():
+        assert not torch.allclose(bridge(tokens), logits_before)
+    e.undo()
     assert all(torch.equal(v, model.hf.state_dict()[k]) for k, v in before.items())
+    with torch.no_grad():
+        assert torch.equal(bridge(tokens), logits_before)

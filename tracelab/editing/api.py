@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import warnings
 from typing import Any, Iterable, Mapping, Sequence
@@ -110,12 +111,6 @@ def edit(
     are skipped with a warning. Bad input → ValueError/TypeError, and no weight changes.
     """
     model = as_model(model)  # a Model, transformers model, TransformerBridge or nnsight model
-    if not walkable(model):
-        raise ValueError(
-            "this model's decoder blocks are wrapped (a booted TransformerLens bridge replaces them in place) "
-            "and the v* optimisation replays raw blocks: edit the transformers model before booting the "
-            "bridge (the bridge then sees the edited weights)"
-        )
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}: use one of {METHODS}")
     if requests is not None and (subject, prompt, target) != (None, None, None):
@@ -134,6 +129,10 @@ def edit(
     hp = params if params is not None else _PARAMS[method]()
     if not isinstance(hp, _PARAMS[method]):
         raise TypeError(f"params for {method} must be {_PARAMS[method].__name__}, got {type(hp).__name__}")
+    if hp.values.engine == "fast" and not walkable(model):
+        warnings.warn("this model's decoder layers are wrapped (e.g. by a TransformerLens bridge), so the fast "
+                      "v*/z engine cannot replay them: using the reference engine (same δ, slower)", stacklevel=2)
+        hp = dataclasses.replace(hp, values=dataclasses.replace(hp.values, engine="reference"))
     chosen = _layers(model, method, layer, layers, reqs[0])
     todo = [r for r in reqs if not already_says(model, r)]
     if len(todo) < len(reqs):

@@ -81,15 +81,22 @@ def _slug(text: str) -> str:
 
 def weights_hash(model: Model, layer: int) -> str:
     """Hash of every weight that `mlp_key(layer)` depends on: the embedding and blocks 0..layer,
-    as they are in the unedited model (edits in the journal are looked through)."""
+    as they are in the unedited model (edits in the journal are looked through). Each block's
+    weights are hashed as a set of storages, without names, so that a wrapper that renames
+    modules or adds views of them (a TransformerLens bridge's q/k/v of GPT-2's c_attn) keeps it."""
     from .journal import journal
 
     digest = hashlib.sha256()
     with torch.no_grad(), journal(model).base_weights():
         digest.update(tensor_hash(model.hf.get_submodule(model.arch.embed).weight).encode())
         for l in range(layer + 1):
-            for name, p in sorted(model.layer(l).named_parameters()):
-                digest.update(name.encode() + tensor_hash(p).encode())
+            whole = {}  # storage → the parameter that covers most of it
+            for p in model.layer(l).parameters():
+                key = p.untyped_storage().data_ptr()
+                if key not in whole or p.numel() > whole[key].numel():
+                    whole[key] = p
+            for h in sorted(f"{tuple(p.shape)}{tensor_hash(p)}" for p in whole.values()):
+                digest.update(h.encode())
     return digest.hexdigest()[:16]
 
 
