@@ -1,4 +1,9 @@
-"""`tracelab stats --layers 3-7 [--tokens N] [--corpus wordnet]`: compute and cache key statistics."""
+"""`tracelab stats --layers 3-7 [--tokens N] [--corpus wordnet]`: compute and cache key statistics.
+
+Also under torchrun (the ranks share the batches; rank 0 prints and writes the cache):
+
+    $ torchrun --standalone --nproc_per_node 2 -m tracelab stats --layers 3-7 --tokens 1000000
+"""
 
 from __future__ import annotations
 
@@ -21,8 +26,10 @@ def run(args) -> int:
 
     import torch
 
+    from ..distributed import init_from_env, rank
     from ..editing import key_stats
 
+    distributed = init_from_env()
     layers = parse_layer(args.layers)
     if layers == "auto":
         raise ValueError("--layers needs explicit layers, e.g. 3-7")
@@ -30,7 +37,11 @@ def run(args) -> int:
     start = time.perf_counter()
     stats = key_stats(model, [layers] if isinstance(layers, int) else layers, corpus=args.corpus,
                       tokens=args.tokens, dtype=torch.float64 if args.float64 else torch.float32)
-    print(f"{'layer':>5} {'tokens':>8}  corpus / weights hash   ({time.perf_counter() - start:.1f}s)")
-    for l, s in stats.items():
-        print(f"{l:>5} {s.count:>8}  {s.provenance['corpus']} / {s.provenance['weights']}")
+    if rank() == 0:
+        where = f" on {torch.distributed.get_world_size()} processes" if distributed else ""
+        print(f"{'layer':>5} {'tokens':>8}  corpus / weights hash   ({time.perf_counter() - start:.1f}s{where})")
+        for l, s in stats.items():
+            print(f"{l:>5} {s.count:>8}  {s.provenance['corpus']} / {s.provenance['weights']}")
+    if distributed:
+        torch.distributed.destroy_process_group()
     return 0

@@ -13,6 +13,10 @@ running sum, the token count, how many documents were read, and the provenance (
 hash of the weights up to that layer — of the unedited model —, corpus id and revision, dtype,
 max length). A cache whose provenance differs is recomputed (with a warning), never used;
 writes are atomic and partial sums are saved as they go, so an interrupted run resumes.
+
+Under torch.distributed (`torchrun -m tracelab stats ...`) the ranks split the batches one
+process would read (batch i runs on rank i mod world_size), sum their partial moments, and stop
+at the same token: the result and its provenance are those of one process, up to float rounding.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from typing import Any, Sequence
 import torch
 from tqdm.auto import tqdm
 
+from ..distributed import is_distributed, rank, reduce_sum_, world_size
 from ..io import load_tensors, save_tensors
 from ..kernels import accumulate_second_moment
 from ..models import Model, cache_dir
@@ -131,18 +136,24 @@ class _Run:
             warnings.warn(f"cached statistics at {self.path} do not match this model/corpus ({diff}); recomputing",
                           stacklevel=4)
             return
-        self.sum = tensors["sum"].to(self.sum.device)
+        if rank() == 0:  # the true sum is Σ over ranks of `sum`: the saved part counts once
+            self.sum = tensors["sum"].to(self.sum.device)
         self.count, self.docs, self.exhausted = meta["count"], meta["docs"], meta["exhausted"]
 
     def save(self) -> None:
+        """Collective under torch.distributed: the ranks' partial sums are reduced to rank 0, which writes."""
         if self.use_cache:
-            save_tensors(self.path, {"sum": self.sum},
-                         {"provenance": self.prov, "count": self.count, "docs": self.docs, "exhausted": self.exhausted})
+            total = reduce_sum_(self.sum.clone(), to=0) if is_distributed() else self.sum
+            if rank() == 0:
+                save_tensors(self.path, {"sum": total}, {"provenance": self.prov, "count": self.count,
+                                                         "docs": self.docs, "exhausted": self.exhausted})
 
     def result(self) -> KeyStats:
+        """C = Σ k kᵀ / count (collective under torch.distributed: every rank gets the same C)."""
         if self.count == 0:
             raise ValueError(f"no tokens for the statistics of layer {self.layer}: the corpus is empty")
-        return KeyStats(self.layer, (self.sum / self.count).cpu(), self.count, dict(self.prov, tokens=self.count))
+        total = reduce_sum_(self.sum.clone())
+        return KeyStats(self.layer, (total / self.count).cpu(), self.count, dict(self.prov, tokens=self.count))
 
 
 def key_stats(
@@ -186,27 +197,32 @@ def _accumulate(model: Model, c: Corpus, runs: list[_Run], skip: int, tokens: in
     texts = itertools.islice(c.texts(), skip, None)
     sites = [model.mlp_key(r.layer) for r in runs]
     bar = tqdm(total=tokens, initial=min(runs[0].count, tokens), desc=f"key stats {[r.layer for r in runs]}",
-               unit="tok", disable=not progress)
+               unit="tok", disable=not progress or rank() != 0)
     tok = model.tokenizer
     tok.padding_side = "right"
     with journal(model).base_weights():
         for step in itertools.count():
             consumed = list(itertools.islice(texts, batch_size))
-            batch = [t for t in consumed if t.strip()]
             if not consumed:
                 for r in runs:
                     r.exhausted = True
                 break
-            if not batch:
-                continue
-            enc = tok(batch, return_tensors="pt", padding=True, truncation=True, max_length=max_len)
-            enc = {k: enc[k].to(model.device) for k in ("input_ids", "attention_mask")}
-            with model.record(sites, stop=True) as cache:
-                model.hf(**enc)
-            mask = enc["attention_mask"].reshape(-1).bool()  # padding excluded
+            batch = [t for t in consumed if t.strip()]
+            added = 0
+            if batch:
+                enc = tok(batch, return_tensors="pt", padding=True, truncation=True, max_length=max_len)
+                enc = {k: enc[k].to(model.device) for k in ("input_ids", "attention_mask")}
+                mask = enc["attention_mask"].reshape(-1).bool()  # padding excluded
+                added = int(mask.sum())
+                # Under torch.distributed every rank reads every batch (to count its tokens, so all
+                # stop where one process would) and runs the model on every world_size-th one.
+                if step % world_size() == rank():
+                    with model.record(sites, stop=True) as cache:
+                        model.hf(**enc)
+                    for r in runs:
+                        keys = cache[f"blocks.{r.layer}.mlp_key"].reshape(mask.shape[0], -1)  # [batch*pos, d_mlp]
+                        accumulate_second_moment(r.sum, keys, mask)  # sums in r.sum's dtype
             for r in runs:
-                keys = cache[f"blocks.{r.layer}.mlp_key"].reshape(mask.shape[0], -1)  # [batch*pos, d_mlp]
-                added = accumulate_second_moment(r.sum, keys, mask)  # sums in r.sum's dtype
                 r.count += added
                 r.docs += len(consumed)
             bar.update(added)
