@@ -21,7 +21,7 @@ from .naive import run_naive
 from .problem import Problem, warn_unknown
 from .result import KINDS, TraceResult
 
-ENGINES = ("fast", "naive")
+ENGINES = ("fast", "naive", "nnsight")
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
            "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
 
@@ -73,10 +73,23 @@ def resolve_target(model, prompt: str, target, clean_top: int | None = None) -> 
     return model.target_ids(prompt, target)[0]  # raises on an empty target
 
 
+def check_remote(corruption, screen, remote: bool) -> None:
+    """What a remote nnsight trace cannot do: read the embedding weights (for the default noise
+    scale) or run the attribution screen here."""
+    if not remote:
+        return
+    if corruption is None or (isinstance(corruption, GaussianNoise) and corruption.std is None
+                              and corruption.noise is None):
+        raise ValueError("remote=True: the default noise scale is measured on the embedding weights, which "
+                         "are not here; give GaussianNoise(std=...) or GaussianNoise(noise=...), or TokenReplace")
+    if screen is not None:
+        raise ValueError("remote=True cannot run the attribution screen (it needs gradients here); drop screen=")
+
+
 def prepare(model, prompt: str, subject: str, target: str | int | None = None, *,
             kinds: Sequence[str] | str = KINDS, corruption: GaussianNoise | TokenReplace | None = None,
             window: int = 10, metric: str = "prob", foil: int | None = None, samples: int = 10,
-            seed: int = 0, dtype_name: str | None = None) -> Problem:
+            seed: int = 0, dtype_name: str | None = None, last_logits=None) -> Problem:
     """Check the arguments (nothing runs on bad input), run clean and corrupted once → `Problem`.
 
         >>> problem = prepare(model, prompt, subject, samples=3)
@@ -95,13 +108,13 @@ def prepare(model, prompt: str, subject: str, target: str | int | None = None, *
         raise ValueError(f"empty target {target!r}: give the answer text, e.g. 'Paris', or None for the top-1")
     ids = model.tokenize(prompt)["input_ids"]
     span = model.subject_span(prompt, subject)  # ValueError with the tokens if absent
-    target_id = resolve_target(model, prompt, target)
+    target_id = None if target is None else resolve_target(model, prompt, target)  # None: the clean top-1
     if isinstance(corruption, TokenReplace):
         samples = 1
     corrupted = corruption.corrupt(model, ids, span, samples, seed)
     problem = Problem.build(model, ids, span, target_id, corrupted, metric, foil, window, kinds,
-                            dtype_name or str(model.dtype).replace("torch.", ""))
-    warn_unknown(model, prompt, target_id, problem.clean_top)
+                            dtype_name or str(model.dtype).replace("torch.", ""), last_logits)
+    warn_unknown(model, prompt, problem.metric.target, problem.clean_top)
     return problem
 
 
@@ -109,7 +122,8 @@ def trace(model, prompt: str, subject: str, target: str | int | None = None, *,
           kinds: Sequence[str] | str = KINDS, corruption: GaussianNoise | TokenReplace | None = None,
           window: int = 10, metric: str = "prob", foil: int | None = None, samples: int = 10,
           seed: int = 0, dtype: torch.dtype | str | None = None, progress: bool = True,
-          engine: str = "fast", screen: int | None = None, max_batch_tokens: int = 16384) -> TraceResult:
+          engine: str = "fast", screen: int | None = None, max_batch_tokens: int = 16384,
+          remote: bool = False) -> TraceResult:
     """Causal trace: restore clean states into corrupted runs, cell by cell (kind × layer × token).
 
         >>> r = trace(model, "The Eiffel Tower is located in the city of", "The Eiffel Tower")
@@ -122,14 +136,24 @@ def trace(model, prompt: str, subject: str, target: str | int | None = None, *,
     - `corruption`: `GaussianNoise()` (default; 3 × subject-embedding std) or `TokenReplace(prompt)`.
     - `metric`: `prob`, `log_prob` or `logit_diff` (vs `foil`, default the corrupted top-1).
     - `dtype`: e.g. "bfloat16" runs everything under autocast (the paper's setting; ~6× faster matmuls here).
-    - `engine`: "fast" (the walk, see `tracing.fast`) or "naive" (one forward per cell, the reference).
+    - `engine`: "fast" (the walk, see `tracing.fast`), "naive" (one forward per cell, the reference)
+      or "nnsight" (batched nnsight traces; `remote=True` runs them on NDIF, see `tracing.nnsight_engine`).
     - `screen=k`: estimate all cells by attribution patching, run only the top-k per kind exactly.
     Returns a `TraceResult` (scores `[samples, n_layers, n_tokens]` per kind).
     """
-    model = as_model(model)  # a Model, transformers model, TransformerBridge or nnsight model
+    user_object, model = model, as_model(model)  # a Model, transformers model, TransformerBridge or nnsight model
     _int("max_batch_tokens", max_batch_tokens, 1)
     if engine not in ENGINES:
         raise ValueError(f"unknown engine {engine!r}; choose one of {ENGINES}")
+    runner = None
+    if engine == "nnsight":
+        from ..models.envoys import is_nnsight
+        from .nnsight_engine import NNsightRunner
+
+        check_remote(corruption, screen, remote)
+        runner = NNsightRunner(model, user_object if is_nnsight(user_object) else None, remote=remote)
+    elif remote:
+        raise ValueError(f"remote=True runs through nnsight: use engine='nnsight' (got engine={engine!r})")
     if engine == "fast" and not walkable(model):
         warnings.warn("this model's decoder layers are wrapped (e.g. by a TransformerLens bridge) and take "
                       "only *args/**kwargs, so the layer walk cannot replay their calls: using the naive "
@@ -142,7 +166,8 @@ def trace(model, prompt: str, subject: str, target: str | int | None = None, *,
     amp = torch.autocast(model.device.type, dtype=autocast) if autocast else contextlib.nullcontext()
     with amp:
         problem = prepare(model, prompt, subject, target, kinds=kinds, corruption=corruption, window=window,
-                          metric=metric, foil=foil, samples=samples, seed=seed, dtype_name=dtype_name)
+                          metric=metric, foil=foil, samples=samples, seed=seed, dtype_name=dtype_name,
+                          last_logits=runner.last_logits if runner else None)
         kinds, corrupted = problem.kinds, problem.corrupted
         n, L = problem.n_tokens, problem.n_layers
         computable = torch.zeros(L, n, dtype=torch.bool)
@@ -158,6 +183,10 @@ def trace(model, prompt: str, subject: str, target: str | int | None = None, *,
             scores = problem.empty_scores()
         elif engine == "naive":
             scores = run_naive(problem, cells, progress=progress)
+        elif engine == "nnsight":
+            from .nnsight_engine import run_nnsight
+
+            scores = run_nnsight(problem, cells, runner, max_batch_tokens, progress=progress)
         else:
             scores = run_fast(problem, cells, progress=progress, max_batch_tokens=max_batch_tokens)
     exact = {k: cells[k] | ~computable for k in kinds}

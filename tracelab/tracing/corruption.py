@@ -33,6 +33,7 @@ class Corrupted:
     embed_fn: Callable | None
     first: int
     settings: dict = field(default_factory=dict)
+    noise: torch.Tensor | None = None  # [samples, n_subject, d_model], what embed_fn adds from `first`
 
     @property
     def samples(self) -> int:
@@ -104,7 +105,7 @@ class GaussianNoise:
             settings = {"corruption": "gaussian", "std": std, "scale": self.scale, "explicit_noise": False}
         noise = noise.to(model.device, torch.float32)
         # x_embed[s, a:b] += noise[s]  (rows are the samples of one prompt)
-        return Corrupted(ids.expand(samples, -1), add(noise, positions=list(range(a, b))), a, settings)
+        return Corrupted(ids.expand(samples, -1), add(noise, positions=list(range(a, b))), a, settings, noise)
 
 
 @dataclass(frozen=True)

@@ -66,26 +66,36 @@ class Problem:
         return {kind: base.clone() for kind in self.kinds}
 
     @classmethod
-    def build(cls, model, ids, span, target_id: int, corrupted: Corrupted, metric: str, foil: int | None,
-              window: int, kinds: tuple[str, ...], dtype_name: str) -> "Problem":
-        """Run clean and corrupted once, check them, fix the metric (and the foil for logit_diff)."""
+    def build(cls, model, ids, span, target_id: int | None, corrupted: Corrupted, metric: str, foil: int | None,
+              window: int, kinds: tuple[str, ...], dtype_name: str, last_logits=None) -> "Problem":
+        """Run clean and corrupted once, check them, fix the target (None: the clean top-1), the
+        metric and the foil (for logit_diff). `last_logits(ids, corrupted | None)` → `[rows,
+        vocab]` runs them (default: this process's model; the nnsight engine passes its own)."""
+        run = last_logits or (lambda x, c: local_last_logits(model, x, c))
         with torch.no_grad():
-            clean_logits = model.hf(input_ids=ids).logits[:, -1].float()
-            patches = {model.embed: corrupted.embed_fn} if corrupted.embed_fn else {}
-            with intervene(model, patches):
-                corrupt_logits = model.hf(input_ids=corrupted.ids).logits[:, -1].float()
+            clean_logits = run(ids, None).float()
+            corrupt_logits = run(corrupted.ids, corrupted).float()
         if not torch.isfinite(corrupt_logits).all():
             raise FloatingPointError(
                 f"the corrupted run produced NaN/inf logits in {dtype_name}: the noise is too large for "
                 f"this dtype, or the model overflows in it; trace in float32 (dtype='float32') or use a "
                 "smaller GaussianNoise(scale=...)")
+        clean_top = int(clean_logits[0].argmax())
+        target_id = clean_top if target_id is None else target_id
         if metric == "logit_diff" and foil is None:  # the corrupted run's favourite other token
             probs = corrupt_logits.softmax(-1).mean(0)
             probs[target_id] = -1
             foil = int(probs.argmax())
         score = Metric(metric, target_id, foil)
         return cls(model, ids, span, corrupted, score, window, kinds, float(score(clean_logits)[0]),
-                   score(corrupt_logits).cpu(), int(clean_logits[0].argmax()))
+                   score(corrupt_logits).cpu(), clean_top)
+
+
+def local_last_logits(model, ids: torch.Tensor, corrupted: Corrupted | None) -> torch.Tensor:
+    """Last-position logits `[rows, vocab]` of `ids`, with the corruption's embedding patch if given."""
+    patches = {model.embed: corrupted.embed_fn} if corrupted is not None and corrupted.embed_fn else {}
+    with intervene(model, patches):
+        return model.hf(input_ids=ids).logits[:, -1]
 
 
 def warn_unknown(model, prompt: str, target_id: int, clean_top: int) -> None:

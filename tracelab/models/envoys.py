@@ -1,0 +1,29 @@
+"""Sites as nnsight envoys: the same dotted module paths, reached through an nnsight model.
+
+    >>> x = site_tensor(envoy(lm, model.resid(3).module).output, rows, n)   # [rows, n, d], in a trace
+
+Used by the nnsight execution paths (`tracing.nnsight_engine`, `steering.remote`).
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def is_nnsight(obj) -> bool:
+    """Whether `obj` is an nnsight model (`NNsight`, `LanguageModel`)."""
+    return type(obj).__module__.split(".")[0] == "nnsight"
+
+
+def envoy(root, path: str):
+    """The nnsight envoy of the module at dotted `path` (`model.layers.3.mlp`) under `root`."""
+    for part in path.split("."):
+        root = root[int(part)] if part.isdigit() else getattr(root, part)
+    return root
+
+
+def site_tensor(value, rows: int, n: int) -> torch.Tensor:
+    """A module output as `[rows, n, width]` sharing its storage (the first element of a tuple;
+    OPT's flattened `[rows·n, width]` MLP rows viewed back), so in-place writes reach the model."""
+    x = value[0] if isinstance(value, tuple) else value
+    return x.view(rows, n, -1) if x.dim() == 2 else x
