@@ -77,6 +77,23 @@ def test_metrics_and_chunking_agree(llama, metric):
         torch.testing.assert_close(fast.scores[kind], naive.scores[kind], atol=1e-5, rtol=0)
 
 
+def test_memory_budget_in_bytes(llama):
+    """A byte budget sets the batch size through the per-row-position estimate; smaller budgets
+    mean more, smaller batches and the same scores."""
+    from tracelab.tracing.budget import batch_tokens, bytes_per_row_position
+
+    n = len(llama.tokens(PROMPT))
+    per = bytes_per_row_position(llama, n, torch.float32)
+    assert per > 4 * (5 * llama.d_model + 2 * llama.d_mlp)
+    assert batch_tokens(llama, n, torch.float32, max_batch_bytes=per * 100) == 100
+    assert batch_tokens(llama, n, torch.bfloat16, max_batch_bytes=per * 100) > 100  # 2-byte activations
+    kw = dict(corruption=GaussianNoise(noise=_noise(llama)), samples=2, window=2, progress=False)
+    small = trace(llama, PROMPT, SUBJECT, max_batch_bytes=per * n, **kw)  # one row per batch
+    whole = trace(llama, PROMPT, SUBJECT, **kw)
+    for kind in whole.kinds:
+        torch.testing.assert_close(small.scores[kind], whole.scores[kind], atol=1e-6, rtol=0)
+
+
 def test_token_replace_matches_naive(llama):
     kw = dict(corruption=TokenReplace("The Space Needle is located in"), samples=5, progress=False)
     with warnings.catch_warnings():
@@ -145,6 +162,9 @@ def test_peak_finds_a_planted_maximum():
     (dict(target="  "), "empty target"),
     (dict(metric="kl"), "unknown metric"),
     (dict(engine="turbo"), "unknown engine"),
+    (dict(max_batch_tokens=0), "max_batch_tokens must be a positive int"),
+    (dict(max_batch_tokens=64, max_batch_bytes=10**6), "not both"),
+    (dict(max_batch_bytes=100), "does not fit one row"),
     (dict(corruption=TokenReplace("The Space Needle")), "same number of tokens"),
     (dict(corruption=GaussianNoise(noise=torch.zeros(3, 1, 64))), "expected"),
 ])

@@ -13,6 +13,7 @@ from typing import Sequence
 import torch
 
 from ..models.loading import as_model
+from .budget import batch_tokens, check_budget
 from .corruption import GaussianNoise, TokenReplace
 from .fast import run_fast
 from .walk import walkable
@@ -122,8 +123,8 @@ def trace(model, prompt: str, subject: str, target: str | int | None = None, *,
           kinds: Sequence[str] | str = KINDS, corruption: GaussianNoise | TokenReplace | None = None,
           window: int = 10, metric: str = "prob", foil: int | None = None, samples: int = 10,
           seed: int = 0, dtype: torch.dtype | str | None = None, progress: bool = True,
-          engine: str = "fast", screen: int | None = None, max_batch_tokens: int = 16384,
-          remote: bool = False) -> TraceResult:
+          engine: str = "fast", screen: int | None = None, max_batch_tokens: int | None = None,
+          max_batch_bytes: int | None = None, remote: bool = False) -> TraceResult:
     """Causal trace: restore clean states into corrupted runs, cell by cell (kind × layer × token).
 
         >>> r = trace(model, "The Eiffel Tower is located in the city of", "The Eiffel Tower")
@@ -138,13 +139,15 @@ def trace(model, prompt: str, subject: str, target: str | int | None = None, *,
     - `dtype`: e.g. "bfloat16" runs everything under autocast (the paper's setting; ~6× faster matmuls here).
     - `engine`: "fast" (the walk, see `tracing.fast`), "naive" (one forward per cell, the reference)
       or "nnsight" (batched nnsight traces; `remote=True` runs them on NDIF, see `tracing.nnsight_engine`).
+    - `max_batch_tokens` (default 16384) or `max_batch_bytes`: the batch size of restored runs,
+      in row-positions or as an activation-memory budget (see `tracing.budget`).
     - `screen=k`: estimate all cells by attribution patching, run only the top-k per kind exactly.
     Returns a `TraceResult` (scores `[samples, n_layers, n_tokens]` per kind).
     """
     user_object, model = model, as_model(model)  # a Model, transformers model, TransformerBridge or nnsight model
-    _int("max_batch_tokens", max_batch_tokens, 1)
     if engine not in ENGINES:
         raise ValueError(f"unknown engine {engine!r}; choose one of {ENGINES}")
+    check_budget(max_batch_tokens, max_batch_bytes)
     runner = None
     if engine == "nnsight":
         from ..models.envoys import is_nnsight
@@ -170,6 +173,7 @@ def trace(model, prompt: str, subject: str, target: str | int | None = None, *,
                           last_logits=runner.last_logits if runner else None)
         kinds, corrupted = problem.kinds, problem.corrupted
         n, L = problem.n_tokens, problem.n_layers
+        per_batch = batch_tokens(model, n, autocast or model.dtype, max_batch_tokens, max_batch_bytes)
         computable = torch.zeros(L, n, dtype=torch.bool)
         computable[:, corrupted.first:] = True  # before `first`, restoring changes nothing: effect 0
         cells = {k: (torch.ones(L, n, dtype=torch.bool) if engine == "naive" else computable) for k in kinds}
@@ -186,9 +190,9 @@ def trace(model, prompt: str, subject: str, target: str | int | None = None, *,
         elif engine == "nnsight":
             from .nnsight_engine import run_nnsight
 
-            scores = run_nnsight(problem, cells, runner, max_batch_tokens, progress=progress)
+            scores = run_nnsight(problem, cells, runner, per_batch, progress=progress)
         else:
-            scores = run_fast(problem, cells, progress=progress, max_batch_tokens=max_batch_tokens)
+            scores = run_fast(problem, cells, progress=progress, max_batch_tokens=per_batch)
     exact = {k: cells[k] | ~computable for k in kinds}
     if estimates is not None:
         for k in kinds:
