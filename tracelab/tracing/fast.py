@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
+from ..kernels import restore_
 from .problem import Problem
 from .walk import Walker
 
@@ -64,10 +65,12 @@ def plan_rows(problem: Problem, cells: dict[str, torch.Tensor], t: int) -> Rows:
 
 
 def _restore_first(mask: torch.Tensor, value: torch.Tensor):
-    """Site patch: rows in `mask` get `value` at their first walked position (the token t)."""
+    """Site patch: rows in `mask` get `value` `[d]` at their first walked position (the token t)."""
+    source = torch.where(mask, 0, -1)[:, None]  # [rows, 1]: row ← clean run 0 at position 0
+
     def fn(x: torch.Tensor) -> torch.Tensor:
         y = x.view(len(mask), -1, x.shape[-1])  # OPT runs its MLP on [rows * pos, d]
-        y[:, 0] = torch.where(mask[:, None], value.to(y.dtype), y[:, 0])
+        restore_(y[:, :1], value.to(y.dtype)[None], source)  # Triton on GPU, torch on CPU
         return x
     return fn
 
@@ -125,7 +128,9 @@ class FastEngine:
             joining = (rows.join == j).nonzero().flatten()
             if len(joining):  # x = corrupted input of layer j at positions ≥ t (resid: x[t] ← clean)
                 x = self.corr_in[j][sample[joining], t:].clone()
-                x[kind[joining] == KIND_IDS["resid"], 0] = self.clean_in[j][t].to(x.dtype)
+                source = torch.full(x.shape[:2], -1, device=device)
+                source[kind[joining] == KIND_IDS["resid"], 0] = 0
+                restore_(x, self.clean_in[j][t:].to(x.dtype), source)
                 h = x if h is None else torch.cat([h, x])
                 n_active += len(joining)
             if j == L:
