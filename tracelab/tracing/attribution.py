@@ -42,7 +42,7 @@ def estimate_scores(problem: Problem) -> dict[str, torch.Tensor]:
     if problem.corrupted.embed_fn:
         patches[model.embed] = problem.corrupted.embed_fn
     with torch.enable_grad(), intervene(model, patches):
-        logits = model.hf(input_ids=problem.corrupted.ids).logits[:, -1]
+        logits = model.hf(input_ids=problem.corrupted.ids, logits_to_keep=1).logits[:, -1]  # LM head: last position
         grads = torch.autograd.grad(problem.metric(logits).sum(), [acts[s.name] for s in sites])
     # ie[site][s, t] = (clean − corrupt)[s, t] · grad[s, t]
     ie = {s.name: ((clean[s.name].float() - acts[s.name].detach().float()) * g.float()).sum(-1).view(

@@ -95,7 +95,7 @@ def local_last_logits(model, ids: torch.Tensor, corrupted: Corrupted | None) -> 
     """Last-position logits `[rows, vocab]` of `ids`, with the corruption's embedding patch if given."""
     patches = {model.embed: corrupted.embed_fn} if corrupted is not None and corrupted.embed_fn else {}
     with intervene(model, patches):
-        return model.hf(input_ids=ids).logits[:, -1]
+        return model.hf(input_ids=ids, logits_to_keep=1).logits[:, -1]
 
 
 def warn_unknown(model, prompt: str, target_id: int, clean_top: int) -> None:
