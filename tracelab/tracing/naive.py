@@ -30,6 +30,6 @@ def run_naive(problem: Problem, cells: dict[str, torch.Tensor], progress: bool =
         for site in problem.restored_sites(kind, l):
             patches[site] = replace(clean[site.name][0, t], positions=[t])  # h_site[t] ← clean
         with intervene(model, patches):
-            logits = model.hf(input_ids=corrupted.ids, logits_to_keep=1).logits[:, -1]
+            logits = model.hf(input_ids=corrupted.ids).logits[:, -1]  # the full forward, as the paper runs it
         scores[kind][:, l, t] = problem.metric(logits)
     return scores
