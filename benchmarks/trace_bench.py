@@ -82,6 +82,7 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=10)
     parser.add_argument("--naive-cells", type=int, default=8, help="naive cells timed per kind")
     parser.add_argument("--screen-k", type=int, default=20)
+    parser.add_argument("--big-batch", type=int, default=65536, help="a larger max_batch_tokens, timed in bf16")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "trace.json"))
     args = parser.parse_args()
     warnings.simplefilter("ignore")
@@ -112,10 +113,10 @@ def main() -> None:
     naive_s = (time.perf_counter() - t) / n_sampled * 3 * L * n
 
     results = {}
-    for dtype in ("float32", "bfloat16"):
+    for dtype, batch in (("float32", None), ("bfloat16", None), ("bfloat16", args.big_batch)):
         t = time.perf_counter()
-        r = trace(model, PROMPT, SUBJECT, dtype=dtype, progress=False, **kw)
-        results[dtype] = (r, time.perf_counter() - t)
+        r = trace(model, PROMPT, SUBJECT, dtype=dtype, progress=False, max_batch_tokens=batch, **kw)
+        results[dtype if batch is None else f"{dtype} batch {batch}"] = (r, time.perf_counter() - t)
     fast32 = results["float32"][0]
     max_diff = max(float((fast32.scores[k][:, sample[k]] - naive[k][:, sample[k]]).abs().max()) for k in problem.kinds)
     bf16_diff = max(float((results["bfloat16"][0].mean(k) - fast32.mean(k)).abs().max()) for k in problem.kinds)
@@ -142,6 +143,7 @@ def main() -> None:
         ("naive fp32 (extrapolated)", naive_s, f_naive, "float32"),
         ("fast fp32", results["float32"][1], f_fast, "float32"),
         ("fast bf16", results["bfloat16"][1], f_fast, "bfloat16"),
+        (f"fast bf16, batch {args.big_batch}", results[f"bfloat16 batch {args.big_batch}"][1], f_fast, "bfloat16"),
     ]
     print(f"{model.name}: {n} tokens, {L} layers, 3 kinds, {args.samples} samples; "
           f"matmul rate fp32 {rates['float32'] / 1e9:.0f} GFLOP/s, bf16 {rates['bfloat16'] / 1e9:.0f} GFLOP/s")
