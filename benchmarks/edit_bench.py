@@ -4,6 +4,7 @@
     $ OMP_WAIT_POLICY=PASSIVE python benchmarks/edit_bench.py --quick    # smoke run, ~minutes
     $ python benchmarks/edit_bench.py --rome 50 --memit 100 --seq 100    # scaled down
     $ python benchmarks/edit_bench.py --rome 0 --memit 1000 --seq 0      # MEMIT-1000 alone
+    $ python benchmarks/edit_bench.py --rome 0 --memit "" --seq-methods memit --merge  # one section, keep the rest
 
 Records: ../shared/data/counterfact-edit-sample.json (EasyEdit flat CounterFact), kept when the
 model's top-1 next token is the first token of the true answer ("known"), one per subject. If
@@ -16,6 +17,7 @@ per edit with its breakdown (k*, v*/z optimisation, solve), statistics time, pea
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import resource
@@ -33,20 +35,32 @@ PUBLISHED = "ROME on GPT-2 XL (Meng et al. 2022, CounterFact): ES 100 / PS 96.4 
 
 
 def known_records(model, limit_scan: int):
+    """(known, unknown) records among the first `limit_scan`, one per subject. The split is cached
+    (keyed by the weights' and the records file's hashes): the scan is minutes of forward passes."""
+    from tracelab.editing.stats import weights_hash
     from tracelab.evaluation import read_records
+    from tracelab.models.loading import cache_dir
 
     recs = read_records(RECORDS, limit=limit_scan)
-    known, unknown, seen = [], [], set()
+    records_hash = hashlib.sha256(RECORDS.read_bytes()).hexdigest()
+    key = hashlib.sha256(f"{weights_hash(model, model.n_layers - 1)} {records_hash} {limit_scan}".encode()).hexdigest()[:16]
+    cached = cache_dir() / "bench" / f"known-{key}.json"
+    if cached.exists():
+        split = json.loads(cached.read_text())
+        return [recs[i] for i in split["known"]], [recs[i] for i in split["unknown"]]
+    split, seen = {"known": [], "unknown": []}, set()
     for i in range(0, len(recs), 64):
         chunk = recs[i:i + 64]
         top = model.next_token_logits([r.request.text for r in chunk]).argmax(-1).tolist()
-        for r, t in zip(chunk, top):
+        for j, (r, t) in enumerate(zip(chunk, top)):
             if r.request.subject in seen:
                 continue
             seen.add(r.request.subject)
             first = model.target_ids(r.request.text, r.request.target_true)[0]
-            (known if t == first else unknown).append(r)
-    return known, unknown
+            split["known" if t == first else "unknown"].append(i + j)
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    cached.write_text(json.dumps(split))
+    return [recs[i] for i in split["known"]], [recs[i] for i in split["unknown"]]
 
 
 def take(known, unknown, n):
@@ -73,7 +87,7 @@ def bench_rome(model, recs, layer, stats):
         post, _ = score_record(model, rec, ref)
         e.undo()
         rows.append({"pre": pre, "post": post})
-        times.append(dict(e.info.get("seconds", {}), total=total, steps=e.info.get("steps")))
+        times.append(dict(e.info.get("seconds", {}), total=total, steps=e.info.get("steps"), nll=e.info.get("nll")))
     return rows, times
 
 
@@ -115,6 +129,8 @@ def main() -> None:
     p.add_argument("--memit", default="100,1000", help="MEMIT sizes, edited in one call each")
     p.add_argument("--seq", type=int, default=200, help="sequential edits for AlphaEdit and MEMIT")
     p.add_argument("--seq-batch", type=int, default=20)
+    p.add_argument("--seq-methods", default="alphaedit,memit", help="methods run as sequences")
+    p.add_argument("--merge", action="store_true", help="keep the sections of edit.json that this run skips")
     p.add_argument("--layer", type=int, default=4, help="ROME layer")
     p.add_argument("--layers", default="2-6", help="MEMIT/AlphaEdit layers A-B (inclusive)")
     p.add_argument("--stats-tokens", type=int, default=100_000)
@@ -129,7 +145,8 @@ def main() -> None:
     a, b = (int(x) for x in args.layers.split("-"))
     layers = list(range(a, b + 1))
     model = tl.load_model()
-    out = {"model": model.name, "args": vars(args), "published": PUBLISHED, "threads": torch.get_num_threads()}
+    out = json.loads(RESULTS.read_text()) if args.merge and RESULTS.exists() else {}
+    out.update({"model": model.name, "args": vars(args), "published": PUBLISHED, "threads": torch.get_num_threads()})
     t = time.perf_counter()
     known, unknown = known_records(model, args.scan)
     out["known"] = {"scanned": args.scan, "known": len(known), "seconds": time.perf_counter() - t}
@@ -142,27 +159,34 @@ def main() -> None:
         out["stats"] = {"layers": sorted(stats), "tokens": args.stats_tokens, "seconds": time.perf_counter() - t}
         print(f"stats: {len(stats)} layers × {args.stats_tokens} tokens in {out['stats']['seconds']:.0f}s")
 
-        out["rome"], out["memit"], out["sequential"] = None, [], {}
+        if not args.merge:
+            out["rome"], out["memit"], out["sequential"] = None, [], {}
+        out.setdefault("rome", None), out.setdefault("memit", []), out.setdefault("sequential", {})
         recs, n_known = take(known, unknown, args.rome)
-        rows, times = bench_rome(model, recs, args.layer, stats[args.layer]) if recs else ([], [])
-        out["rome"] = None if not recs else {"n": len(recs), "known": n_known, "layer": args.layer, "pre": summarise(rows, "pre"),
-                       "post": summarise(rows), "median_total_s": statistics.median(x["total"] for x in times),
-                       "median_breakdown_s": {k: statistics.median(x[k] for x in times) for k in ("keys", "values", "solve")},
-                       "median_steps": statistics.median(x["steps"] for x in times)}
-        save(out)
         if recs:
+            rows, times = bench_rome(model, recs, args.layer, stats[args.layer])
+            failed = [{"subject": r.request.subject, "target": r.request.target, "steps": t["steps"], "nll": t["nll"],
+                       "p_new": row["post"].get("prob_new"), "p_true": row["post"].get("prob_true")}
+                      for r, row, t in zip(recs, rows, times) if not row["post"].get("rome.efficacy_score")]
+            out["rome"] = {"n": len(recs), "known": n_known, "layer": args.layer, "pre": summarise(rows, "pre"),
+                           "post": summarise(rows), "median_total_s": statistics.median(x["total"] for x in times),
+                           "median_breakdown_s": {k: statistics.median(x[k] for x in times) for k in ("keys", "values", "solve")},
+                           "median_steps": statistics.median(x["steps"] for x in times), "efficacy_failures": failed}
+            save(out)
             print(f"ROME ×{len(recs)}: {out['rome']['post']} median {out['rome']['median_total_s']:.1f}s")
 
+        memit = {m["n"]: m for m in out.get("memit", [])}
         for n in (int(x) for x in args.memit.split(",") if x and int(x) > 0):
             recs, n_known = take(known, unknown, n)
             rows, _, edit_s, _ = bench_batch(model, recs, "memit", layers, {l: stats[l] for l in layers})
-            out["memit"].append({"n": len(recs), "known": n_known, "layers": layers, "edit_seconds": edit_s,
-                                 "pre": summarise(rows, "pre"), "post": summarise(rows)})
+            memit[len(recs)] = {"n": len(recs), "known": n_known, "layers": layers, "edit_seconds": edit_s,
+                                "pre": summarise(rows, "pre"), "post": summarise(rows)}
+            out["memit"] = [memit[k] for k in sorted(memit)]
             save(out)
-            print(f"MEMIT-{len(recs)}: {edit_s:.0f}s {out['memit'][-1]['post']}", flush=True)
+            print(f"MEMIT-{len(recs)}: {edit_s:.0f}s {memit[len(recs)]['post']}", flush=True)
 
         recs, n_known = take(known, unknown, args.seq)
-        for method in ("alphaedit", "memit") if recs else ():
+        for method in args.seq_methods.split(",") if recs else ():
             rows, curve, edit_s, _ = bench_batch(model, recs, method, layers, {l: stats[l] for l in layers},
                                                  seq_batch=args.seq_batch)
             out["sequential"][method] = {"n": len(recs), "known": n_known, "batch": args.seq_batch,

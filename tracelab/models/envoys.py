@@ -15,6 +15,16 @@ def is_nnsight(obj) -> bool:
     return type(obj).__module__.split(".")[0] == "nnsight"
 
 
+def nnsight_model(user_object, hf):
+    """The user's nnsight model if `user_object` is one (it may be remote-capable), else
+    `NNsight(hf)` wrapping the transformers model in place (same weights)."""
+    if is_nnsight(user_object):
+        return user_object
+    from nnsight import NNsight
+
+    return NNsight(hf)
+
+
 def envoy(root, path: str):
     """The nnsight envoy of the module at dotted `path` (`model.layers.3.mlp`) under `root`."""
     for part in path.split("."):

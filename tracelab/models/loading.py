@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .envoys import is_nnsight
 from .model import Model
 
 EMBEDDED_NAME = "smollm2-135m"
@@ -177,16 +178,15 @@ def _unwrap(obj) -> tuple[nn.Module, object] | None:
     """(HF model, tokenizer) inside a TransformerLens `TransformerBridge` or an nnsight
     `LanguageModel`/`NNsight`; None for anything else. The user's object and the `Model`
     share the same weights, so edits are visible through both."""
-    origin = type(obj).__module__.split(".")[0]
-    if origin == "transformer_lens":
+    if is_nnsight(obj):
+        return obj._module, getattr(obj, "tokenizer", None)
+    if type(obj).__module__.split(".")[0] == "transformer_lens":
         if not hasattr(obj, "original_model"):
             raise TypeError(
                 f"{type(obj).__name__} from TransformerLens is not supported: pass a TransformerBridge "
                 "(TransformerLens 4), whose .original_model is a transformers model"
             )
         return obj.original_model, getattr(obj, "tokenizer", None)
-    if origin == "nnsight":
-        return obj._module, getattr(obj, "tokenizer", None)
     return None
 
 

@@ -18,7 +18,7 @@ from typing import Sequence
 
 import torch
 
-from ..models.envoys import envoy, is_nnsight, site_tensor
+from ..models.envoys import envoy, nnsight_model, site_tensor
 from ..models.loading import as_model
 from .apply import Steering, _deltas, _terms
 
@@ -30,11 +30,8 @@ def steered_next_token_logits(
     """Next-token logits `[batch, vocab]` (float32) of `prompts` with `vector` added at its
     layers, computed in one nnsight trace on `model` (an nnsight model, or any model tracelab
     takes, wrapped in `NNsight` here). `positions`: "all" or "after_prompt" (the last token)."""
-    from nnsight import NNsight
-
-    lm = model if is_nnsight(model) else None
-    model = as_model(model)
-    lm = lm if lm is not None else NNsight(model.hf)
+    user_object, model = model, as_model(model)
+    lm = nnsight_model(user_object, model.hf)
     if positions not in ("all", "after_prompt"):
         raise ValueError(f"positions must be 'all' or 'after_prompt' here, got {positions!r}")
     deltas = _deltas(model, _terms(vector, alpha), [layers] if isinstance(layers, int) else layers)

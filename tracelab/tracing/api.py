@@ -150,11 +150,10 @@ def trace(model, prompt: str, subject: str, target: str | int | None = None, *,
     check_budget(max_batch_tokens, max_batch_bytes)
     runner = None
     if engine == "nnsight":
-        from ..models.envoys import is_nnsight
         from .nnsight_engine import NNsightRunner
 
         check_remote(corruption, screen, remote)
-        runner = NNsightRunner(model, user_object if is_nnsight(user_object) else None, remote=remote)
+        runner = NNsightRunner(model, user_object, remote=remote)
     elif remote:
         raise ValueError(f"remote=True runs through nnsight: use engine='nnsight' (got engine={engine!r})")
     if engine == "fast" and not walkable(model):

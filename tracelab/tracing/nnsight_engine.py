@@ -27,7 +27,7 @@ from collections import defaultdict
 import torch
 from tqdm.auto import tqdm
 
-from ..models.envoys import envoy, site_tensor
+from ..models.envoys import envoy, nnsight_model, site_tensor
 from ..models.hooks import Site
 from .corruption import Corrupted
 from .problem import Problem
@@ -36,14 +36,12 @@ _ORDER = {"attn_out": 0, "mlp_out": 1, "resid": 2}  # within a block, the order 
 
 
 class NNsightRunner:
-    """Runs batches of rows of one prompt as nnsight traces on `lm` (an nnsight model wrapping
-    `model.hf`; wrapped here if None), locally or with `remote=True`."""
+    """Runs batches of rows of one prompt as nnsight traces on `lm` (the user's nnsight model, or
+    `model.hf` wrapped in `NNsight` when `user_object` is not one), locally or with `remote=True`."""
 
-    def __init__(self, model, lm=None, remote: bool = False):
-        from nnsight import NNsight
-
+    def __init__(self, model, user_object=None, remote: bool = False):
         self.model, self.remote = model, remote
-        self.lm = lm if lm is not None else NNsight(model.hf)
+        self.lm = nnsight_model(user_object, model.hf)
 
     def run(self, ids: torch.Tensor, noise: torch.Tensor | None, first: int,
             patches: list[tuple[Site, torch.Tensor, torch.Tensor]], pair: list[int] | None) -> torch.Tensor:
