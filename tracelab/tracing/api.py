@@ -12,6 +12,7 @@ from typing import Sequence
 
 import torch
 
+from ..heap import reuse_heap
 from ..models.loading import as_model
 from .budget import batch_tokens, check_budget
 from .corruption import GaussianNoise, TokenReplace
@@ -166,7 +167,7 @@ def trace(model, prompt: str, subject: str, target: str | int | None = None, *,
     autocast = resolve_dtype(model, dtype)
     dtype_name = str(autocast or model.dtype).replace("torch.", "")
     amp = torch.autocast(model.device.type, dtype=autocast) if autocast else contextlib.nullcontext()
-    with amp:
+    with amp, reuse_heap():
         problem = prepare(model, prompt, subject, target, kinds=kinds, corruption=corruption, window=window,
                           metric=metric, foil=foil, samples=samples, seed=seed, dtype_name=dtype_name,
                           last_logits=runner.last_logits if runner else None)

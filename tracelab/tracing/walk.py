@@ -13,6 +13,12 @@ per layer type), `position_ids` (GPT-J), the layer's attention mask (sliding win
 and a small cache object that prepends the prefix to the layer's new keys/values. GPT-2 and OPT
 add positions at the embedding, so their layers need nothing more. Works for all of
 `TINY_FAMILIES` (tested against the model's own forward).
+
+For Llama-like families the layers run as written-out equations instead (`LlamaLayers`: weights
+cast once to the compute dtype, grouped-query attention over the prefix, restores as arguments),
+which is the same function with far less glue; `lean=False` keeps the replay for every family.
+Restores are `{"attn" | "mlp": (rows bool [rows], value)}`: that sublayer's output of `rows`
+becomes `value`, `[d_model]` at the first walked position or `[positions, d_model]` at all.
 """
 
 from __future__ import annotations
@@ -23,8 +29,9 @@ import torch
 from torch import nn
 
 from ..models.hooks import intervene
+from ..models.llama_layer import LlamaLayers, Restore, apply_restore
 
-_CACHE_ARGS = ("past_key_values", "layer_past")
+_CACHE_ARGS = ("past_key_values", "layer_past", "cache")  # "cache": transformers ≥ 5.24
 
 
 def walkable(model) -> bool:
@@ -45,7 +52,7 @@ class _Prefix:
     def __init__(self, prefix: tuple[torch.Tensor, torch.Tensor] | None):
         self.prefix, self.new = prefix, None
 
-    def update(self, key, value, layer_idx=None, cache_kwargs=None):
+    def update(self, key, value, *args, **kwargs):  # layer_idx, cache_kwargs / kwargs: unused
         self.new = (key, value)
         if self.prefix is None:
             return key, value
@@ -65,7 +72,7 @@ class Walker:
         >>> h, kv = walker.run(0, walker.clean_input, start=0)
     """
 
-    def __init__(self, model, ids: torch.Tensor):
+    def __init__(self, model, ids: torch.Tensor, dtype: torch.dtype | None = None, lean: bool = True):
         if ids.shape[0] != 1:
             raise ValueError(f"Walker takes one prompt, ids [1, pos]; got {tuple(ids.shape)}")
         self.model, self.n = model, ids.shape[1]
@@ -83,6 +90,7 @@ class Walker:
         self.clean_input = self.calls[0].pop("_hidden")
         for call in self.calls[1:]:
             call.pop("_hidden")
+        self.lean = LlamaLayers.build(model, dtype or compute_dtype(model), self.n) if lean else None
 
     def input_of(self, ids: torch.Tensor, embed_fn=None) -> torch.Tensor:
         """Input of layer 0 `[batch, pos, d_model]` for `ids` (positions added, embeddings scaled, as
@@ -150,22 +158,32 @@ class Walker:
 
     def run(self, l: int, hidden: torch.Tensor, start: int,
             prefix: tuple[torch.Tensor, torch.Tensor] | None = None,
-            patches: dict | None = None) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+            restore: dict[str, Restore] | None = None, last_only: bool = False, inplace: bool = False,
+            ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         """Layer `l` on `hidden` `[rows, n - start, d]` → (output `[rows, n - start, d]`, this
         call's new keys/values `[rows, kv_heads, n - start, head_dim]`). `prefix`: keys/values of
-        positions `< start` (None when start = 0). `patches`: `{site: fn}` applied during the call."""
+        positions `< start` (None when start = 0). `restore`: see the module doc. `last_only`:
+        return only the last position's output `[rows, 1, d]` (the lean layers compute only what
+        it needs). `inplace`: the lean layers may update `hidden` into the output instead of copying
+        (the caller then owns the buffer; the replay always returns a new tensor)."""
         if (prefix is None) != (start == 0):
             raise ValueError(f"a prefix is needed exactly when start > 0 (start={start})")
+        if self.lean is not None:
+            cos, sin = (x[0, start:] for x in self.calls[l]["position_embeddings"])
+            return self.lean[l](hidden, cos, sin, start, prefix, restore, last_only, inplace)
         cache = _Prefix(prefix)
         kwargs = self._arguments(l, start, cache, hidden.device)
         kwargs[self.calls[l]["_first"]] = hidden
-        with intervene(self.model, patches or {}):
+        sites = {"attn": self.model.attn_out(l), "mlp": self.model.mlp_out(l)}
+        with intervene(self.model, {sites[name]: _restore_site(r) for name, r in (restore or {}).items()}):
             out = self.layers[l](**kwargs)
         out = out[0] if isinstance(out, tuple) else out
-        return out, cache.new
+        return (out[:, -1:] if last_only else out), cache.new
 
     def head(self, final: torch.Tensor) -> torch.Tensor:
         """Final norm, LM head (and Gemma's logit soft-capping) on `[rows, d_model]` → `[rows, vocab]`."""
+        if self.lean is not None:
+            return self.lean.head(final)
         hf, arch = self.model.hf, self.model.arch
         x = hf.get_submodule(arch.final_norm)(final)
         project_out = getattr(hf.get_submodule(arch.layers.rsplit(".", 1)[0]), "project_out", None)
@@ -176,3 +194,17 @@ class Walker:
         if cap:
             logits = torch.tanh(logits / cap) * cap
         return logits
+
+
+def compute_dtype(model) -> torch.dtype:
+    """The dtype matmuls run in: autocast's when it is on for the model's device, else the model's."""
+    kind = model.device.type
+    return torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else model.dtype
+
+
+def _restore_site(restore: Restore):
+    """Site patch applying `restore` (see `apply_restore`) to the site's output."""
+    def fn(x: torch.Tensor) -> torch.Tensor:
+        apply_restore(x.view(len(restore[0]), -1, x.shape[-1]), restore)  # OPT runs its MLP on [rows * pos, d]
+        return x
+    return fn

@@ -1,0 +1,180 @@
+"""One Llama-family decoder layer written out as its equations, for the tracing walk.
+
+    >>> layers = LlamaLayers.build(model, torch.bfloat16)     # None if the family is not Llama-like
+    >>> out, (k, v) = layers[5](x, cos, sin, start=3, prefix=(k_prev, v_prev),
+    ...                         restore={"mlp": (rows, clean_mlp_t)})
+
+The walk of causal tracing runs thousands of restored rows through one layer at a time. Replaying
+the transformers module costs more in glue than in math on a CPU (autocast casts of every
+weight on every call, a flash-attention kernel built for long sequences, a hook per patched
+site), so for the families whose layer is the plain pre-norm Llama block — Llama, Mistral,
+Qwen2, Qwen3 (+ per-head q/k norms) — the layer is computed here from its weights, cast once:
+
+    a = RMSNorm(x)                  q, k, v = a W_qkv (+ b)          q, k ← rope(q, k)
+    attn = softmax(q kᵀ/√d_h + causal) v W_o      h = x + attn       (attn[t] ← clean, restored rows)
+    mlp = (act(n W_gate) ⊙ n W_up) W_down,  n = RMSNorm(h)           out = h + mlp   (mlp[t] ← clean)
+
+Shapes: x `[R, q, d_model]` (R rows, positions start..start+q-1), the residual stream kept in
+float32 like transformers under autocast; matmuls in the compute dtype; norms and softmax in
+float32. Grouped-query attention runs per key/value head without repeating the keys: the
+query heads of one group are stacked on the position axis. Rotary `cos, sin` `[q, head_dim]`
+come from the model's own forward (so every rope scaling variant is the model's).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..kernels import restore_
+
+LLAMA_LIKE = ("llama", "mistral", "qwen2", "qwen3")
+
+Restore = tuple[torch.Tensor, torch.Tensor]  # (rows bool [R], value [d_model] or [q, d_model]), see apply_restore
+
+
+def _weights(*linears: nn.Linear, dtype) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """`[in, out]` weight of the linears stacked on the output axis (contiguous), and their bias."""
+    w = torch.cat([m.weight.detach() for m in linears]).to(dtype).T.contiguous()
+    biases = [m.bias for m in linears]
+    if all(b is None for b in biases):
+        return w, None
+    b = torch.cat([m.bias.detach() if m.bias is not None else m.weight.new_zeros(m.out_features)
+                   for m in linears])
+    return w, b.to(dtype)
+
+
+def _linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+    return x @ w if b is None else torch.addmm(b, x.flatten(0, -2), w).view(*x.shape[:-1], -1)
+
+
+def _rms(x: torch.Tensor, norm: nn.Module, dtype) -> torch.Tensor:
+    """transformers' RMSNorm, x·w / √(mean(x²) + ε), in float32, rounded once to `dtype`."""
+    eps = getattr(norm, "variance_epsilon", None) or getattr(norm, "eps", 1e-6)
+    x = x.float()
+    scale = torch.linalg.vector_norm(x, dim=-1, keepdim=True).square_().div_(x.shape[-1]).add_(eps).rsqrt_()
+    return torch.mul(x, scale).mul_(norm.weight.float()).to(dtype)
+
+
+def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x·cos + rotate_half(x)·sin, rotate_half(x) = [−x₂, x₁], for x `[..., head_dim]`, cos/sin
+    broadcasting to it (three passes, no concatenation)."""
+    half = x.shape[-1] // 2
+    out = x * cos
+    out[..., :half].addcmul_(x[..., half:], sin[..., :half], value=-1)
+    out[..., half:].addcmul_(x[..., :half], sin[..., half:])
+    return out
+
+
+def _softmax_(scores: torch.Tensor, scale: float) -> torch.Tensor:
+    """softmax(scale · scores) over the last axis, in place. Written out: torch's softmax kernel
+    is ~6× slower on rows of ~10 keys, which is all tracing has."""
+    e = scores.sub_(scores.amax(-1, keepdim=True)).mul_(scale).exp_()
+    return e.div_(e.sum(-1, keepdim=True))
+
+
+class LlamaLayer:
+    """Decoder layer `layer` of a Llama-like model with its weights cast to `dtype` (see module doc)."""
+
+    def __init__(self, layer: nn.Module, config, dtype: torch.dtype):
+        attn = layer.self_attn
+        self.dtype = dtype
+        self.heads = config.num_attention_heads
+        self.kv_heads = getattr(config, "num_key_value_heads", None) or self.heads
+        self.head_dim = attn.head_dim
+        self.scaling = attn.scaling
+        self.w_qkv, self.b_qkv = _weights(attn.q_proj, attn.k_proj, attn.v_proj, dtype=dtype)
+        self.w_o, self.b_o = _weights(attn.o_proj, dtype=dtype)
+        mlp = layer.mlp
+        self.w_gate, self.b_gate = _weights(mlp.gate_proj, dtype=dtype)
+        self.w_up, self.b_up = _weights(mlp.up_proj, dtype=dtype)
+        self.w_down, self.b_down = _weights(mlp.down_proj, dtype=dtype)
+        self.act = mlp.act_fn
+        self.norm_in, self.norm_post = layer.input_layernorm, layer.post_attention_layernorm
+        self.q_norm, self.k_norm = getattr(attn, "q_norm", None), getattr(attn, "k_norm", None)  # Qwen3
+
+    def __call__(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, start: int,
+                 prefix: tuple[torch.Tensor, torch.Tensor] | None = None,
+                 restore: dict[str, Restore] | None = None, last_only: bool = False, inplace: bool = False,
+                 ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """x `[R, q, d]` float32 → (out `[R, q, d]` float32, new keys/values `[R, kv_heads, q, head_dim]`);
+        `inplace`: x is the residual stream and is updated in place (out is x, no copy).
+        `prefix`: keys/values of positions `< start` `[R, kv_heads, start, head_dim]`; `restore`:
+        `{"attn" | "mlp": (rows, value)}` sets that sublayer's output at position 0 of `rows`.
+        `last_only`: only the last position's output is wanted (the last layer, under the LM head):
+        keys/values at every position, the rest at the last; out is `x[:, -1:]`."""
+        restore = restore or {}
+        x = x if inplace else x.clone()
+        R, q, _ = x.shape
+        H, G, hd = self.heads, self.kv_heads, self.head_dim
+        qkv = _linear(_rms(x, self.norm_in, self.dtype), self.w_qkv, self.b_qkv).view(R, q, H + 2 * G, hd)
+        cos, sin = cos[:, None].to(self.dtype), sin[:, None].to(self.dtype)       # [q, 1, hd]
+        if self.q_norm is None:  # rope on queries and keys in one pass
+            queries_keys = _rope(qkv[:, :, :H + G], cos, sin)
+        else:  # Qwen3: per-head RMSNorm of queries and keys first
+            queries_keys = torch.cat([_rope(_rms(qkv[:, :, :H], self.q_norm, self.dtype), cos, sin),
+                                      _rope(_rms(qkv[:, :, H:H + G], self.k_norm, self.dtype), cos, sin)], dim=2)
+        queries, keys = queries_keys[:, :, :H], queries_keys[:, :, H:].transpose(1, 2)  # keys [R, G, q, hd]
+        values = qkv[:, :, H + G:].transpose(1, 2)
+        all_keys, all_values = keys, values
+        if prefix is not None:
+            all_keys = torch.cat([prefix[0].to(self.dtype), keys], dim=2)        # [R, G, n, hd]
+            all_values = torch.cat([prefix[1].to(self.dtype), values], dim=2)
+        n = all_keys.shape[2]
+        if last_only:  # a restore at position 0 < q - 1 cannot reach the last position's output
+            restore = {k: (rows, value[-1:] if value.dim() == 2 else value) for k, (rows, value) in restore.items()
+                       if value.dim() == 2 or q == 1}
+            queries, x, start, q = queries[:, -1:], x[:, -1:], n - 1, 1
+        # queries of one kv group stacked on the position axis: [R, G, (H/G)·q, hd]
+        grouped = queries.reshape(R, q, G, H // G, hd).permute(0, 2, 3, 1, 4).reshape(R, G, H // G * q, hd)
+        scores = (grouped @ all_keys.transpose(-1, -2)).float()                  # [R, G, (H/G)·q, n]
+        causal = torch.arange(n, device=x.device)[None, :] > start + torch.arange(q, device=x.device)[:, None]
+        scores.view(R, G, H // G, q, n).masked_fill_(causal, float("-inf"))
+        mixed = _softmax_(scores, self.scaling).to(self.dtype) @ all_values      # [R, G, (H/G)·q, hd]
+        mixed = mixed.view(R, G, H // G, q, hd).permute(0, 3, 1, 2, 4).reshape(R, q, H * hd)
+        attn = _linear(mixed, self.w_o, self.b_o)
+        apply_restore(attn, restore.get("attn"))
+        h = x.add_(attn)
+        n_ = _rms(h, self.norm_post, self.dtype)
+        gate = _linear(n_, self.w_gate, self.b_gate)
+        gate = F.silu(gate, inplace=True) if isinstance(self.act, nn.SiLU) else self.act(gate)
+        mlp = _linear(gate.mul_(_linear(n_, self.w_up, self.b_up)), self.w_down, self.b_down)
+        apply_restore(mlp, restore.get("mlp"))
+        return h.add_(mlp), (keys, values)
+
+
+def apply_restore(out: torch.Tensor, restore: Restore | None) -> torch.Tensor:
+    """A sublayer's output `[R, q, d]` with `rows` (bool `[R]`) set to `value`, in place: `[d]` at
+    the first position (a restored token), `[q, d]` at every position. Through the tracing patch
+    kernel (Triton on GPU, torch on CPU)."""
+    if restore is not None:
+        rows, value = restore
+        value = value.to(out.dtype)
+        at = out[:, :1] if value.dim() == 1 else out
+        restore_(at, value.expand(at.shape[1:])[None], torch.where(rows, 0, -1)[:, None].expand(at.shape[:2]))
+    return out
+
+
+class LlamaLayers(list):
+    """The `LlamaLayer`s of a model, and its final norm and LM head in the compute dtype."""
+
+    @classmethod
+    def build(cls, model, dtype: torch.dtype, n_tokens: int) -> "LlamaLayers | None":
+        """All layers of `model` (a tracelab `Model`) cast to `dtype`, or None where the layer is
+        not the plain Llama block: other families, or a sliding window shorter than the prompt."""
+        cfg = model.hf.config
+        window = getattr(cfg, "sliding_window", None) if getattr(cfg, "use_sliding_window", True) else None
+        if (cfg.model_type not in LLAMA_LIKE or getattr(cfg, "pretraining_tp", 1) != 1
+                or (window is not None and n_tokens > window)):
+            return None
+        layers = cls(LlamaLayer(model.layer(l), cfg, dtype) for l in range(model.n_layers))
+        layers.final_norm = model.hf.get_submodule(model.arch.final_norm)
+        head = model.hf.get_output_embeddings()
+        layers.w_head, layers.b_head = _weights(head, dtype=dtype)
+        layers.dtype = dtype
+        return layers
+
+    def head(self, final: torch.Tensor) -> torch.Tensor:
+        """Final norm and LM head on `[rows, d_model]` → logits `[rows, vocab]` in the compute dtype."""
+        return _linear(_rms(final, self.final_norm, self.dtype), self.w_head, self.b_head)
