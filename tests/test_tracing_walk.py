@@ -50,13 +50,21 @@ def test_lean_layers_equal_the_replayed_modules(family):
         torch.testing.assert_close(lean.head(final), replay.head(final), atol=1e-5, rtol=1e-5)
 
 
-def test_lean_layers_only_where_the_layer_is_the_plain_llama_block():
+def test_lean_layers_only_where_the_layer_is_the_plain_llama_block(monkeypatch):
+    import tracelab.models.llama_layer as llama_layer
+
     assert LlamaLayers.build(tiny_model("gpt2"), torch.float32, 8) is None
     assert LlamaLayers.build(tiny_model("gemma"), torch.float32, 8) is None
     mistral = tiny_model("mistral")
     mistral.hf.config.sliding_window = 4  # a window shorter than the prompt: the replay handles it
     assert LlamaLayers.build(mistral, torch.float32, 8) is None
     assert LlamaLayers.build(mistral, torch.float32, 4) is not None
+    llama = tiny_model("llama")
+    copy = 2 * sum(p.numel() for p in llama.hf.parameters())  # bytes of a bf16 copy
+    monkeypatch.setattr(llama_layer, "_free_bytes", lambda device: 3.0 * copy)  # would take > 1/4
+    assert LlamaLayers.build(llama, torch.bfloat16, 8) is None
+    monkeypatch.setattr(llama_layer, "_free_bytes", lambda device: 5.0 * copy)
+    assert LlamaLayers.build(llama, torch.bfloat16, 8) is not None
 
 
 def test_plan_shares_the_clipped_windows_and_enters_after_the_first_layer():

@@ -1,6 +1,6 @@
 """One Llama-family decoder layer written out as its equations, for the tracing walk.
 
-    >>> layers = LlamaLayers.build(model, torch.bfloat16)     # None if the family is not Llama-like
+    >>> layers = LlamaLayers.build(model, torch.bfloat16, n_tokens=10)  # None: not a Llama-like block
     >>> out, (k, v) = layers[5](x, cos, sin, start=3, prefix=(k_prev, v_prev),
     ...                         restore={"mlp": (rows, clean_mlp_t)})
 
@@ -18,10 +18,14 @@ Shapes: x `[R, q, d_model]` (R rows, positions start..start+q-1), the residual s
 float32 like transformers under autocast; matmuls in the compute dtype; norms and softmax in
 float32. Grouped-query attention runs per key/value head without repeating the keys: the
 query heads of one group are stacked on the position axis. Rotary `cos, sin` `[q, head_dim]`
-come from the model's own forward (so every rope scaling variant is the model's).
+come from the model's own forward (so every rope scaling variant is the model's). The cast
+weights are a second copy of the model (in the compute dtype); `build` declines when that copy
+would take more than a quarter of the free memory, and the walk replays the modules instead.
 """
 
 from __future__ import annotations
+
+import os
 
 import torch
 import torch.nn.functional as F
@@ -101,7 +105,7 @@ class LlamaLayer:
         """x `[R, q, d]` float32 → (out `[R, q, d]` float32, new keys/values `[R, kv_heads, q, head_dim]`);
         `inplace`: x is the residual stream and is updated in place (out is x, no copy).
         `prefix`: keys/values of positions `< start` `[R, kv_heads, start, head_dim]`; `restore`:
-        `{"attn" | "mlp": (rows, value)}` sets that sublayer's output at position 0 of `rows`.
+        `{"attn" | "mlp": (rows, value)}` sets that sublayer's output of `rows` (`apply_restore`).
         `last_only`: only the last position's output is wanted (the last layer, under the LM head):
         keys/values at every position, the rest at the last; out is `x[:, -1:]`."""
         restore = restore or {}
@@ -162,11 +166,15 @@ class LlamaLayers(list):
     @classmethod
     def build(cls, model, dtype: torch.dtype, n_tokens: int) -> "LlamaLayers | None":
         """All layers of `model` (a tracelab `Model`) cast to `dtype`, or None where the layer is
-        not the plain Llama block: other families, or a sliding window shorter than the prompt."""
+        not the plain Llama block (other families, a sliding window shorter than the prompt) or
+        the cast copy would not fit comfortably (> 1/4 of the free memory)."""
         cfg = model.hf.config
         window = getattr(cfg, "sliding_window", None) if getattr(cfg, "use_sliding_window", True) else None
         if (cfg.model_type not in LLAMA_LIKE or getattr(cfg, "pretraining_tp", 1) != 1
                 or (window is not None and n_tokens > window)):
+            return None
+        copy_bytes = sum(p.numel() for p in model.hf.parameters()) * torch.empty((), dtype=dtype).element_size()
+        if copy_bytes > _free_bytes(model.device) / 4:
             return None
         layers = cls(LlamaLayer(model.layer(l), cfg, dtype) for l in range(model.n_layers))
         layers.final_norm = model.hf.get_submodule(model.arch.final_norm)
@@ -178,3 +186,20 @@ class LlamaLayers(list):
     def head(self, final: torch.Tensor) -> torch.Tensor:
         """Final norm and LM head on `[rows, d_model]` → logits `[rows, vocab]` in the compute dtype."""
         return _linear(_rms(final, self.final_norm, self.dtype), self.w_head, self.b_head)
+
+
+def _free_bytes(device: torch.device) -> float:
+    """Free memory on `device` (CUDA: the driver's count; CPU: Linux's MemAvailable, else free pages)."""
+    if device.type == "cuda":
+        return float(torch.cuda.mem_get_info(device)[0])
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return float(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return float(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return float("inf")

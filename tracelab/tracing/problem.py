@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -31,6 +31,7 @@ class Problem:
     clean_score: float
     corrupted_scores: torch.Tensor  # [samples]
     clean_top: int  # the clean run's top-1 token id
+    _clean: dict[str, torch.Tensor] | None = field(default=None, repr=False)  # clean_sites(), once
 
     @property
     def n_tokens(self) -> int:
@@ -53,12 +54,12 @@ class Problem:
         return [site(j) for j in self.window_layers(layer)]
 
     def clean_sites(self) -> dict[str, torch.Tensor]:
-        """Clean values of every block output, MLP and attention output, keyed by site name `[1, n, d]`."""
-        m = self.model
-        sites = [s for l in range(self.n_layers) for s in (m.resid(l), m.mlp_out(l), m.attn_out(l))]
-        with torch.no_grad(), m.record(sites) as cache:
-            m.hf(input_ids=self.ids)
-        return cache
+        """Clean values of every block output, MLP and attention output, keyed by site name `[1, n, d]`
+        (recorded by the clean run when it ran in this process)."""
+        if self._clean is None:
+            with torch.no_grad():
+                _, self._clean = record_clean_run(self.model, self.ids)
+        return self._clean
 
     def empty_scores(self) -> dict[str, torch.Tensor]:
         """`{kind: [samples, n_layers, n_tokens]}` filled with each sample's corrupted score."""
@@ -72,8 +73,13 @@ class Problem:
         metric and the foil (for logit_diff). `last_logits(ids, corrupted | None)` → `[rows,
         vocab]` runs them (default: this process's model; the nnsight engine passes its own)."""
         run = last_logits or (lambda x, c: local_last_logits(model, x, c))
+        clean_sites = None
         with torch.no_grad():
-            clean_logits = run(ids, None).float()
+            if last_logits is None:  # one clean run gives its logits and every site the engines restore
+                clean_logits, clean_sites = record_clean_run(model, ids)
+            else:
+                clean_logits = run(ids, None)
+            clean_logits = clean_logits.float()
             corrupt_logits = run(corrupted.ids, corrupted).float()
         if not torch.isfinite(corrupt_logits).all():
             raise FloatingPointError(
@@ -88,7 +94,16 @@ class Problem:
             foil = int(probs.argmax())
         score = Metric(metric, target_id, foil)
         return cls(model, ids, span, corrupted, score, window, kinds, float(score(clean_logits)[0]),
-                   score(corrupt_logits).cpu(), clean_top)
+                   score(corrupt_logits).cpu(), clean_top, clean_sites)
+
+
+def record_clean_run(model, ids: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Last-position logits `[1, vocab]` of the clean prompt, and every block output, MLP and
+    attention output `{site name: [1, n, d]}` of that run."""
+    sites = [s for l in range(model.n_layers) for s in (model.resid(l), model.mlp_out(l), model.attn_out(l))]
+    with model.record(sites) as cache:
+        logits = model.hf(input_ids=ids, logits_to_keep=1).logits[:, -1]
+    return logits, cache
 
 
 def local_last_logits(model, ids: torch.Tensor, corrupted: Corrupted | None) -> torch.Tensor:
