@@ -1,7 +1,7 @@
 """Editing on the embedded model: ROME single edits, MEMIT mass edits, AlphaEdit/MEMIT sequences.
 
-    $ OMP_WAIT_POLICY=PASSIVE python benchmarks/edit_bench.py            # full (see the sizes below)
-    $ OMP_WAIT_POLICY=PASSIVE python benchmarks/edit_bench.py --quick    # smoke run, ~minutes
+    $ python benchmarks/edit_bench.py            # full (see the sizes below), alone on the machine
+    $ python benchmarks/edit_bench.py --quick    # smoke run, ~minutes
     $ python benchmarks/edit_bench.py --rome 50 --memit 100 --seq 100    # scaled down
     $ python benchmarks/edit_bench.py --rome 0 --memit 1000 --seq 0      # MEMIT-1000 alone
     $ python benchmarks/edit_bench.py --rome 0 --memit "" --seq-methods memit --merge  # one section, keep the rest
@@ -87,7 +87,8 @@ def bench_rome(model, recs, layer, stats):
         post, _ = score_record(model, rec, ref)
         e.undo()
         rows.append({"pre": pre, "post": post})
-        times.append(dict(e.info.get("seconds", {}), total=total, steps=e.info.get("steps"), nll=e.info.get("nll")))
+        times.append(dict(e.info.get("seconds", {}), total=total, steps=e.info.get("steps"), nll=e.info.get("nll"),
+                          rounds=e.info.get("rounds", 1)))
     return rows, times
 
 
@@ -170,7 +171,10 @@ def main() -> None:
                       for r, row, t in zip(recs, rows, times) if not row["post"].get("rome.efficacy_score")]
             out["rome"] = {"n": len(recs), "known": n_known, "layer": args.layer, "pre": summarise(rows, "pre"),
                            "post": summarise(rows), "median_total_s": statistics.median(x["total"] for x in times),
-                           "median_breakdown_s": {k: statistics.median(x[k] for x in times) for k in ("keys", "values", "solve")},
+                           "median_breakdown_s": {k: statistics.median(x.get(k, 0.0) for x in times)
+                                                  for k in ("keys", "values", "solve", "verify")},
+                           "mean_total_s": statistics.mean(x["total"] for x in times),
+                           "second_rounds": sum(x["rounds"] > 1 for x in times),
                            "median_steps": statistics.median(x["steps"] for x in times), "efficacy_failures": failed}
             save(out)
             print(f"ROME ×{len(recs)}: {out['rome']['post']} median {out['rome']['median_total_s']:.1f}s")

@@ -95,8 +95,21 @@ def test_rome_rank_one_along_c_inverse_k(family):
     before = model.target_log_prob(REQ.text, REQ.target)
     e = edit(model, REQ, layer=1, stats=stats, params=RomeParams(values=FAST, n_templates=2), progress=False)
     assert model.target_log_prob(REQ.text, REQ.target) > before + 1.0
-    assert e.info["norms"][1] > 0 and set(e.info["seconds"]) == {"keys", "values", "solve"}
+    assert e.info["norms"][1] > 0 and set(e.info["seconds"]) == {"keys", "values", "solve", "verify"}
     e.undo()
+
+
+def test_rome_verify_reoptimises_an_edit_that_falls_short():
+    """A v* too weak to make the edited model say the target (one tiny step) gets a second,
+    stricter round; the check puts the weight back bit for bit, and verify=False skips it."""
+    model = tiny_model("llama")
+    stats, before = _stats(model, 1), _state(model)
+    weak = ValueParams(steps=1, lr=1e-3)
+    _, info = rome_delta(model, REQ, 1, stats, RomeParams(values=weak, n_templates=2), progress=False)
+    assert info["rounds"] == 2 and info["steps"] == 2  # the second round: twice the steps
+    assert _same(model, before)
+    _, info = rome_delta(model, REQ, 1, stats, RomeParams(values=weak, n_templates=2, verify=False), progress=False)
+    assert info["rounds"] == 1 and info["seconds"]["verify"] == 0.0
 
 
 def test_memit_and_alphaedit_closed_forms():
@@ -108,10 +121,14 @@ def test_memit_and_alphaedit_closed_forms():
     dW = memit_solver(stats, 10.0)(0, K, R)                            # ΔW (λC + KKᵀ) = R Kᵀ
     assert torch.allclose(dW @ (10.0 * stats[0].moment.double() + K @ K.T), R @ K.T, atol=1e-8)
     C = torch.diag(torch.tensor([1.0] * 10 + [1e-6] * 6))
-    P, rank = null_space_projector(C, 1e-2)
+    P, rank = null_space_projector(C, threshold=1e-2)
     assert rank == 6
+    assert null_space_projector(C, null_energy=1e-4)[1] == 6  # 6e-6 of the trace 10
+    assert null_space_projector(C, null_energy=0.15)[1] == 7  # + one unit direction: 1.000006 / 10 ≤ 0.15
+    with pytest.raises(ValueError, match="exactly one"):
+        null_space_projector(C, 0.1, 1e-2)
     ranks = {}
-    dW = alphaedit_solver({0: KeyStats(0, C, 1, {})}, {0: torch.randn(2, d)}, 1e-2, 1.0, ranks)(0, K, R)
+    dW = alphaedit_solver({0: KeyStats(0, C, 1, {})}, {0: torch.randn(2, d)}, None, 1e-2, 1.0, ranks)(0, K, R)
     assert torch.allclose(dW @ (torch.eye(d, dtype=torch.float64) - P), torch.zeros(dm, d, dtype=torch.float64),
                           atol=1e-10)                                   # preserved directions untouched
     assert ranks == {0: 6}
@@ -128,7 +145,7 @@ def test_memit_alphaedit_edit_and_undo(method):
     cls = MemitParams if method == "memit" else AlphaEditParams
     hp = cls(values=ValueParams(steps=8, clamp_norm=4.0), n_templates=2, mom2_weight=100.0)
     if method == "alphaedit":
-        hp.threshold = 0.5
+        hp.null_energy = 0.5
     e = edit(model, reqs, method=method, layers=[1, 2], stats=stats, params=hp, progress=False)
     lp1 = [model.target_log_prob(r.text, r.target) for r in reqs]
     assert sum(lp1) > sum(lp0) + 1.0, (lp0, lp1)

@@ -84,5 +84,12 @@ def test_stats_bad_input(tmp_path):
 def test_wordnet_corpus_is_real_english():
     c = corpus("wordnet")
     first = next(iter(c.texts()))
-    assert c.id == "wordnet-3.0-glosses" and len(c.revision) == 16
+    assert c.id == "wordnet-3.0-glosses-shuffled" and len(c.revision) == 16
     assert len(first.split()) > 20 and first[0].isupper()
+    assert first == next(iter(c.texts()))  # the same order every time
+
+
+def test_wordnet_corpus_reaches_named_entities_early():
+    """The files are sorted by topic; shuffled, the first ~100k tokens already hold people and places."""
+    head = " ".join(t for t, _ in zip(corpus("wordnet").texts(), range(500)))  # ~4,000 glosses
+    assert sum(city in head for city in (" city ", "capital of", " port ", "French", "American")) >= 4

@@ -3,11 +3,19 @@
     >>> deltas, keys, info = alphaedit_deltas(model, requests, [3, 4, 5], key_stats(model, [3, 4, 5]),
     ...                                       past_keys={3: K3_old, ...})
 
-P projects onto the span of C's small eigenvectors (directions the preserved keys K₀ hardly use:
-eigenvalue < `threshold`·largest), so ΔW P K₀ ≈ 0 and what the model knew stays put. With the
-keys of past AlphaEdit edits K_p (from the journal; they accumulate over a sequence of edits):
+P projects onto the span of C's small eigenvectors (directions the preserved keys K₀ hardly use),
+so ΔW P K₀ ≈ 0 and what the model knew stays put. With the keys of past AlphaEdit edits K_p
+(from the journal; they accumulate over a sequence of edits):
 
     ΔW = R Kᵀ P (K_p K_pᵀ P + K Kᵀ P + α I)⁻¹         (AlphaEdit eq. 11)
+
+Which directions are "small": the paper thresholds C's eigenvalues. On SmolLM2 the spectrum of
+E[kkᵀ] is flat (at layers 3–6 no eigenvalue is below 10⁻³ of the largest, and the ones below
+10⁻² carry 6–23 % of the keys' energy), so a threshold either empties the null space or lets
+edits reach a fifth of every key. The default therefore takes the smallest eigen-directions
+that together hold at most `null_energy` (5 %) of C's trace: preserved keys keep ≥ 95 % of their
+energy out of the edit's reach, whatever the model's scale. `threshold=` (relative to the
+largest eigenvalue) gives the paper's rule.
 """
 
 from __future__ import annotations
@@ -27,40 +35,52 @@ from .values import ValueParams
 
 @dataclass
 class AlphaEditParams(MemitParams):
-    """AlphaEdit's hyperparameters: MEMIT's, plus the null-space `threshold` (relative to C's
-    largest eigenvalue) and the ridge `alpha`.
+    """AlphaEdit's hyperparameters: MEMIT's, plus the null space (`null_energy`: the largest
+    share of C's trace it may hold; or the paper's `threshold` on eigenvalues relative to the
+    largest, which then takes precedence) and the ridge `alpha`.
 
-        >>> AlphaEditParams(threshold=2e-2, alpha=10.0)
+        >>> AlphaEditParams(null_energy=0.02, alpha=10.0)
+        >>> AlphaEditParams(threshold=1e-2)              # the paper's rule
     """
 
     values: ValueParams = field(default_factory=lambda: ValueParams(clamp_norm=0.75))
-    threshold: float = 1e-2
+    null_energy: float = 0.05
+    threshold: float | None = None
     alpha: float = 10.0
 
 
-def null_space_projector(C: torch.Tensor, threshold: float) -> tuple[torch.Tensor, int]:
-    """P = U Uᵀ over the eigenvectors of C with eigenvalue < threshold·λ_max: `([d, d] float64, rank)`.
+def null_space_projector(C: torch.Tensor, null_energy: float | None = None,
+                         threshold: float | None = None) -> tuple[torch.Tensor, int]:
+    """P = U Uᵀ over C's smallest eigenvectors: those whose eigenvalues sum to at most
+    `null_energy`·trace(C), or (if given) those with eigenvalue < `threshold`·λ_max.
+    Returns `([d, d] float64, rank)`.
 
-        >>> P, rank = null_space_projector(torch.diag(torch.tensor([1.0, 1e-6])), 1e-3)
-        >>> rank
-        1
+        >>> C = torch.diag(torch.tensor([1.0, 1e-6]))
+        >>> null_space_projector(C, null_energy=0.01)[1], null_space_projector(C, threshold=1e-3)[1]
+        (1, 1)
     """
-    eig, U = torch.linalg.eigh(C.double())
-    small = eig < threshold * eig[-1]
+    if (null_energy is None) == (threshold is None):
+        raise ValueError("give exactly one of null_energy (a share of C's trace) and threshold (relative eigenvalue)")
+    eig, U = torch.linalg.eigh(C.double())  # ascending
+    if threshold is not None:
+        small = eig < threshold * eig[-1]
+    else:
+        small = torch.cumsum(eig.clamp(min=0), 0) <= null_energy * eig.clamp(min=0).sum()
     U = U[:, small]
     return U @ U.T, int(small.sum())
 
 
-def alphaedit_solver(stats: dict[int, KeyStats], past_keys: dict[int, torch.Tensor], threshold: float,
-                     alpha: float, ranks: dict[int, int]) -> Solver:
+def alphaedit_solver(stats: dict[int, KeyStats], past_keys: dict[int, torch.Tensor], null_energy: float | None,
+                     threshold: float | None, alpha: float, ranks: dict[int, int]) -> Solver:
     projectors: dict[int, torch.Tensor] = {}
 
     def solver(layer: int, K: torch.Tensor, R: torch.Tensor) -> torch.Tensor:
         if layer not in projectors:
-            projectors[layer], ranks[layer] = null_space_projector(stats[layer].moment, threshold)
+            projectors[layer], ranks[layer] = null_space_projector(stats[layer].moment, null_energy, threshold)
             if ranks[layer] == 0:
-                raise ValueError(f"the null space of C at layer {layer} is empty at threshold {threshold}: "
-                                 "raise `threshold` (AlphaEditParams) so some directions are free to edit")
+                rule = f"threshold {threshold}" if threshold is not None else f"null_energy {null_energy}"
+                raise ValueError(f"the null space of C at layer {layer} is empty at {rule}: raise it "
+                                 "(AlphaEditParams) so some directions are free to edit")
         P = projectors[layer].to(K.device)
         Kp = past_keys.get(layer)
         past = torch.zeros_like(P) if Kp is None else Kp.T.double().to(K.device) @ Kp.double().to(K.device)
@@ -80,7 +100,8 @@ def alphaedit_deltas(model: Model, requests: Sequence[Request], layers: Sequence
         stats[l].check(model)
     applied = [] if applied is None else applied
     ranks: dict[int, int] = {}
-    solver = alphaedit_solver(stats, past_keys or {}, hp.threshold, hp.alpha, ranks)
+    null_energy = None if hp.threshold is not None else hp.null_energy
+    solver = alphaedit_solver(stats, past_keys or {}, null_energy, hp.threshold, hp.alpha, ranks)
     keys, info = spread_update(model, requests, layers, solver, hp, applied, progress)
     info["null_space_dim"] = ranks
     return applied, keys, info

@@ -26,19 +26,10 @@ from .memit import MemitParams, memit_deltas
 from .requests import Request, as_requests, check_conflicts
 from .rome import RomeParams, rome_delta
 from .stats import DEFAULT_TOKENS, KeyStats, key_stats
+from .values import says_target as already_says
 
 METHODS = ("rome", "memit", "alphaedit")
 _PARAMS = {"rome": RomeParams, "memit": MemitParams, "alphaedit": AlphaEditParams}
-
-
-@torch.no_grad()
-def already_says(model: Model, request: Request) -> bool:
-    """True when the model's greedy continuation of the prompt is already the target (all tokens)."""
-    ids = model.target_ids(request.text, request.target)
-    prompt = model.tokenizer(request.text)["input_ids"]
-    full = torch.tensor([prompt + ids], device=model.device)
-    predicted = model.hf(input_ids=full).logits[0, len(prompt) - 1:-1].argmax(-1)
-    return predicted.tolist() == ids
 
 
 def _auto_layers(model: Model, request: Request, method: str) -> list[int]:

@@ -8,7 +8,10 @@
 
 The default is WordNet 3.0's glosses and usage examples (Princeton WordNet licence: free to
 use, copy, modify and distribute with its copyright notice; Debian package `wordnet-base`):
-~117k short definitions and examples of real English, grouped into paragraphs.
+~117k short definitions and examples of real English, in a fixed shuffled order and grouped into
+paragraphs. Shuffled, because the files are sorted by topic: the first 100k tokens in file
+order are abstract nouns and verbs only, while edits are about people, places and companies
+(WordNet's 7.7k named instances: "Paris: the capital and largest city of France...").
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
@@ -55,32 +59,22 @@ def _wordnet_dir() -> Path:
     )
 
 
-def _wordnet_texts(directory: Path, per_paragraph: int = 8) -> Iterator[str]:
-    """Glosses as sentences ("dog: a domesticated carnivore ... ; "the dog barked all night""),
-    `per_paragraph` synsets per document, files interleaved so every part of speech comes early."""
-    def glosses(name: str) -> Iterator[str]:
+def _wordnet_texts(directory: Path, per_paragraph: int = 8, seed: int = 0) -> Iterator[str]:
+    """Glosses as sentences ("Dog: a domesticated carnivore ...; "the dog barked all night"."),
+    every synset of the four parts of speech in one fixed shuffled order (`seed`),
+    `per_paragraph` per document."""
+    glosses = []
+    for name in WORDNET_FILES:
         with open(directory / name, encoding="utf-8", errors="replace") as f:
             for line in f:
                 if line.startswith(" ") or " | " not in line:
                     continue  # licence header
                 head, gloss = line.rstrip().split(" | ", 1)
                 word = head.split()[4].replace("_", " ")
-                yield f"{word[:1].upper()}{word[1:]}: {gloss.strip()}."
-
-    streams = [glosses(n) for n in WORDNET_FILES]
-    paragraph: list[str] = []
-    while streams:
-        for s in list(streams):
-            try:
-                paragraph.append(next(s))
-            except StopIteration:
-                streams.remove(s)
-                continue
-            if len(paragraph) == per_paragraph:
-                yield " ".join(paragraph)
-                paragraph = []
-    if paragraph:
-        yield " ".join(paragraph)
+                glosses.append(f"{word[:1].upper()}{word[1:]}: {gloss.strip()}.")
+    random.Random(seed).shuffle(glosses)
+    for i in range(0, len(glosses), per_paragraph):
+        yield " ".join(glosses[i:i + per_paragraph])
 
 
 def _file_texts(path: Path) -> Iterator[str]:
@@ -126,7 +120,7 @@ def corpus(spec: str | Corpus = "wordnet") -> Corpus:
         raise TypeError(f"corpus must be 'wordnet', a file path or 'hf:NAME[:CONFIG[:SPLIT]]', got {spec!r}")
     if spec == "wordnet":
         d = _wordnet_dir()
-        return Corpus("wordnet-3.0-glosses", _file_hash([d / f for f in WORDNET_FILES]), lambda: _wordnet_texts(d))
+        return Corpus("wordnet-3.0-glosses-shuffled", _file_hash([d / f for f in WORDNET_FILES]), lambda: _wordnet_texts(d))
     if spec.startswith("hf:"):
         return _datasets_corpus(spec)
     path = Path(spec).expanduser()

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from tqdm.auto import tqdm
 
+from ..heap import reuse_heap
 from ..models import Model
 from .keys import last_subject_index
 from .requests import Request
@@ -213,6 +214,16 @@ def _add_at(delta_rows: torch.Tensor, at: torch.Tensor):
     return fn
 
 
+@torch.no_grad()
+def says_target(model: Model, request: Request) -> bool:
+    """True when the model's greedy continuation of the request's prompt is its target (all tokens)."""
+    ids = model.target_ids(request.text, request.target)
+    prompt = model.tokenizer(request.text)["input_ids"]
+    full = torch.tensor([prompt + ids], device=model.device)
+    predicted = model.hf(input_ids=full).logits[0, len(prompt) - 1:-1].argmax(-1)
+    return predicted.tolist() == ids
+
+
 def optimise_values(
     model: Model, requests: Sequence[Request], layer: int, site: Literal["mlp_out", "resid"],
     templates: Sequence[str], params: ValueParams | None = None, progress: bool = True,
@@ -254,9 +265,11 @@ def optimise_values(
 @contextlib.contextmanager
 def _compute_mode(model: Model, hp: ValueParams):
     """One autocast region per chunk (it caches the bf16 casts of weights that require grad, and
-    gradients are only ever taken for δ), and on CPU the plain-math attention, whose backward is
-    ~2× faster than the flash kernel's at these lengths."""
+    gradients are only ever taken for δ), on CPU the plain-math attention, whose backward is
+    ~2× faster than the flash kernel's at these lengths, and freed activations kept for reuse
+    (`reuse_heap`)."""
     with contextlib.ExitStack() as stack:
+        stack.enter_context(reuse_heap())
         if hp.bf16:
             stack.enter_context(torch.autocast(model.device.type, dtype=torch.bfloat16))
         if model.device.type == "cpu":
