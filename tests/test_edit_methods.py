@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 
 import pytest
 import torch
@@ -39,13 +40,16 @@ def _same(model, state):
 @pytest.mark.parametrize("family", ["gpt2", "llama", "gemma2"])
 def test_fast_engine_matches_reference(family):
     """The fast v*/z engine (cached prefix, replayed lower layers, logits only where scored)
-    gives the reference engine's δ, for the MLP output (ROME) and the residual (MEMIT)."""
+    gives the reference engine's δ, for the MLP output (ROME) and the residual (MEMIT), and passes
+    its cache under the name this transformers uses (no deprecation warning)."""
     model = tiny_model(family)
     templates = context_templates(model, 2, 5)
     reqs = [REQ, Request("Lyon", "In {} they speak", "Italian and French")]
     for layer, site in [(1, "mlp_out"), (2, "resid")]:
-        out = [optimise_values(model, reqs, layer, site, templates, ValueParams(steps=2, engine=e, bf16=False),
-                               progress=False) for e in ("fast", "reference")]
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", FutureWarning)
+            out = [optimise_values(model, reqs, layer, site, templates, ValueParams(steps=2, engine=e, bf16=False),
+                                   progress=False) for e in ("fast", "reference")]
         assert torch.allclose(out[0][1], out[1][1], atol=1e-5)
         assert torch.allclose(out[0][0], out[1][0], atol=1e-4), (out[0][0] - out[1][0]).abs().max()
         assert out[0][0].abs().max() > 1e-2

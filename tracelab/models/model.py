@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,6 +85,12 @@ class Model:
     def parallel(self) -> bool:
         """True when attention and MLP read the same block input (GPT-J, Pythia)."""
         return self.arch.parallel and getattr(self.hf.config, "use_parallel_residual", True)
+
+    def cache_kwargs(self, cache) -> dict:
+        """`{name: cache}` for the model's forward: transformers ≥ 5.24 calls the KV cache `cache`
+        (and deprecates `past_key_values`), older versions `past_key_values`."""
+        params = inspect.signature(self.hf.forward).parameters
+        return {"cache" if "cache" in params else "past_key_values": cache}
 
     def _check_layer(self, layer: int) -> int:
         if not isinstance(layer, int) or isinstance(layer, bool):
