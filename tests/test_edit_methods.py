@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from dataclasses import replace
 
 import pytest
 import torch
@@ -87,7 +88,8 @@ def test_rome_rank_one_along_c_inverse_k(family):
     """ΔW = (v* − Wk − b) uᵀ / (uᵀk) with u = C⁻¹k*: rank one, rows along u; the edit raises P(target)."""
     model = tiny_model(family)
     stats = _stats(model, 1)
-    update, info = rome_delta(model, REQ, 1, stats, RomeParams(values=FAST, n_templates=2), progress=False)
+    update, info = rome_delta(model, REQ, 1, stats, RomeParams(values=FAST, n_templates=2, verify=False),
+                              progress=False)
     templates = context_templates(model, 2, 10)
     k_star = subject_keys(model, 1, [REQ], templates)[0].double()
     u = torch.linalg.solve(stats.moment.double(), k_star)
@@ -103,17 +105,58 @@ def test_rome_rank_one_along_c_inverse_k(family):
     e.undo()
 
 
-def test_rome_verify_reoptimises_an_edit_that_falls_short():
-    """A v* too weak to make the edited model say the target (one tiny step) gets a second,
-    stricter round; the check puts the weight back bit for bit, and verify=False skips it."""
+def test_rome_verify_reaches_the_prompt_key_then_reoptimises():
+    """A v* too weak to make the edited model say the target (one tiny step): round 2 solves the
+    update to reach the plain prompt's key as well as k* (ΔW k_prompt = ΔW k*), round 3 optimises
+    v* again with twice the steps; the checks put the weight back bit for bit, verify=False skips them."""
     model = tiny_model("llama")
     stats, before = _stats(model, 1), _state(model)
     weak = ValueParams(steps=1, lr=1e-3)
-    _, info = rome_delta(model, REQ, 1, stats, RomeParams(values=weak, n_templates=2), progress=False)
-    assert info["rounds"] == 2 and info["steps"] == 2  # the second round: twice the steps
+    update, info = rome_delta(model, REQ, 1, stats, RomeParams(values=weak, n_templates=2), progress=False)
+    assert info["rounds"] == 3 and info["steps"] == 2 and info["reaches_prompt_key"]
     assert _same(model, before)
+    k_star = subject_keys(model, 1, [REQ], context_templates(model, 2, 10))[0]
+    k_prompt = subject_keys(model, 1, [REQ], ["{}"])[0]
+    assert torch.allclose(update @ k_prompt, update @ k_star, rtol=1e-3, atol=1e-5)
     _, info = rome_delta(model, REQ, 1, stats, RomeParams(values=weak, n_templates=2, verify=False), progress=False)
-    assert info["rounds"] == 1 and info["seconds"]["verify"] == 0.0
+    assert info["rounds"] == 1 and info["seconds"]["verify"] == 0.0 and not info["reaches_prompt_key"]
+
+
+def test_original_rome_keys_along_c_inverse_k_star_normalised_by_the_prompt_key():
+    """rrome=False: ΔW = (v* − W k_prompt − b)(C⁻¹k*)ᵀ / ((C⁻¹k*)ᵀk_prompt), so ΔW k_prompt = v* − W k_prompt − b:
+    the v* the optimisation found at the plain prompt is what the edited MLP outputs there."""
+    model = tiny_model("llama")
+    stats = _stats(model, 1)
+    hp = RomeParams(values=FAST, n_templates=2, verify=False)
+    orig, _ = rome_delta(model, REQ, 1, stats, replace(hp, rrome=False), progress=False)
+    k_star = subject_keys(model, 1, [REQ], context_templates(model, 2, 10))[0].double()
+    u = torch.linalg.solve(stats.moment.double(), k_star)
+    row = orig.double()[orig.norm(dim=1).argmax()]
+    assert abs(torch.nn.functional.cosine_similarity(row, u, dim=0)) > 0.999
+    delta, v0, _ = optimise_values(model, [REQ], 1, "mlp_out", context_templates(model, 2, 10), FAST, progress=False)
+    k_prompt = subject_keys(model, 1, [REQ], ["{}"])[0]
+    W = model.mlp_out_weight(1).matrix
+    assert torch.allclose(orig @ k_prompt, v0[0] + delta[0] - W @ k_prompt, atol=1e-4)
+
+
+def test_update_direction_reaches_every_key_with_the_smallest_c_norm():
+    """u = C⁻¹K (KᵀC⁻¹K)⁻¹ 1: uᵀk_j = 1 for each key; one key gives ROME's C⁻¹k / (kᵀC⁻¹k); parallel
+    keys give None (or a clear error)."""
+    from tracelab.editing.rome import _reaching
+    torch.manual_seed(0)
+    X = torch.randn(500, 16, dtype=torch.float64)
+    C, k1, k2 = X.T @ X / 500, torch.randn(16, dtype=torch.float64), torch.randn(16, dtype=torch.float64)
+    u = _reaching(C, [k1, k2], 0)
+    assert torch.allclose(torch.stack([u @ k1, u @ k2]), torch.ones(2, dtype=torch.float64))
+    Cik = torch.linalg.solve(C, k1)
+    assert torch.allclose(_reaching(C, [k1], 0), Cik / (k1 @ Cik))
+    # smallest uᵀCu among directions reaching both: any feasible perturbation costs more
+    w = torch.randn(16, dtype=torch.float64)
+    w -= torch.stack([k1, k2], 1) @ torch.linalg.lstsq(torch.stack([k1, k2], 1), w[:, None]).solution[:, 0]
+    assert (u + 0.1 * w) @ C @ (u + 0.1 * w) > u @ C @ u
+    assert _reaching(C, [k1, 2 * k1], 0, missing_ok=True) is None
+    with pytest.raises(ValueError, match="nearly"):
+        _reaching(C, [torch.zeros(16, dtype=torch.float64)], 0)
 
 
 def test_memit_and_alphaedit_closed_forms():

@@ -12,10 +12,16 @@ r-ROME (Gupta et al. 2024) takes k = k* on both sides; `rrome=False` reproduces 
 which uses the key of the plain prompt k = k_prompt there.
 
 v* is optimised on the prompt and its prefixes together, but the rank-one update reaches the plain
-prompt through its own key (ΔW k_prompt = (uᵀk_prompt / uᵀk*)·(v* − W k*)), which can fall short.
-With `verify=True` (default) the edited model is asked: if its greedy continuation of the prompt
-is not the target, v* is optimised once more, with twice the steps and a 4× stricter stop
-(p(target) ≈ 0.99 instead of 0.95), and the update is solved again.
+prompt through its own key (ΔW k_prompt = (uᵀk_prompt / uᵀk*)·(v* − W k*)), which can fall short:
+a subject at the very start of the prompt has a key unlike the prefixed ones (uᵀk_prompt/uᵀk* was
+0.02–0.6 for the edits that failed on the embedded model). With `verify=True` (default) the edited
+model is asked whether its greedy continuation of the prompt is the target; if not,
+
+2. the update is solved again to reach both keys: the C-smallest rank-one ΔW with ΔW k = ΔW k_prompt
+   = v* − W k − b, i.e. ΔW = (v* − W k − b) uᵀ with u = C⁻¹K (KᵀC⁻¹K)⁻¹ 1, K = [k, k_prompt]
+   (for K = [k] this is ROME's u = C⁻¹k / (kᵀC⁻¹k));
+3. if it still falls short, v* is optimised once more (twice the steps, a 4× stricter stop:
+   p(target) ≈ 0.99 instead of 0.95) and solved as in 2.
 """
 
 from __future__ import annotations
@@ -65,41 +71,77 @@ def rome_delta(model: Model, request: Request, layer: int, stats: KeyStats, para
     t0 = time.perf_counter()
     templates = context_templates(model, hp.n_templates, hp.template_length)
     k_star = subject_keys(model, layer, [request], templates)[0]                      # [d_mlp]
-    k = k_star if hp.rrome else subject_keys(model, layer, [request], ["{}"])[0]
-    u = solve(stats.moment, k_star, what=f"C (layer {layer})")                         # C⁻¹k*
+    k_prompt = subject_keys(model, layer, [request], ["{}"])[0]
+    C = stats.moment
+    if hp.rrome:
+        k, u = k_star, _reaching(C, [k_star], layer)                                   # C⁻¹k* / (k*ᵀC⁻¹k*)
+    else:  # the original: u = C⁻¹k* normalised by the plain prompt's key
+        k, u = k_prompt, _reaching(C, [k_star], layer) * _ratio(k_star, k_prompt, C, layer)
     seconds = {"keys": time.perf_counter() - t0, "values": 0.0, "solve": 0.0, "verify": 0.0}
-    rounds = [hp.values] + ([replace(hp.values, steps=2 * hp.values.steps, stop_nll=hp.values.stop_nll / 4)]
-                            if hp.verify else [])
-    for i, values in enumerate(rounds):
-        t1 = time.perf_counter()
-        delta, v0, vinfo = optimise_values(model, [request], layer, "mlp_out", templates, values, progress)
-        t2 = time.perf_counter()
-        update = _rank_one(model, layer, v0[0] + delta[0], u, k)
-        t3 = time.perf_counter()
-        seconds["values"] += t2 - t1
-        seconds["solve"] += t3 - t2
-        if i == len(rounds) - 1:
-            break
-        says = _edited_says(model, layer, update, request)
-        seconds["verify"] += time.perf_counter() - t3
-        if says:
-            break
-    info = {"seconds": seconds, "rounds": i + 1, "loss": vinfo["loss"][0], "nll": vinfo["nll"][0],
-            "steps": vinfo["steps"][0], "delta_norm": float(delta.norm()), "v0_norm": float(v0.norm())}
+    values, rounds, reaches_prompt = hp.values, 1, False
+    delta, v0, vinfo = _optimise(model, request, layer, templates, values, progress, seconds)
+    update = _timed(seconds, "solve", _rank_one, model, layer, v0 + delta, u, k)
+    if hp.verify and not _timed(seconds, "verify", _edited_says, model, layer, update, request):
+        both = _reaching(C, [k, k_prompt], layer, missing_ok=True)                      # None: k ∥ k_prompt
+        if both is not None:  # round 2: the same v*, an update that reaches the plain prompt too
+            u, rounds, reaches_prompt = both, 2, True
+            update = _timed(seconds, "solve", _rank_one, model, layer, v0 + delta, u, k)
+        if both is None or not _timed(seconds, "verify", _edited_says, model, layer, update, request):
+            values, rounds = replace(values, steps=2 * values.steps, stop_nll=values.stop_nll / 4), 3
+            delta, v0, vinfo = _optimise(model, request, layer, templates, values, progress, seconds)
+            update = _timed(seconds, "solve", _rank_one, model, layer, v0 + delta, u, k)
+    info = {"seconds": seconds, "rounds": rounds, "reaches_prompt_key": reaches_prompt,
+            "loss": vinfo["loss"][0], "nll": vinfo["nll"][0], "steps": vinfo["steps"][0],
+            "delta_norm": float(delta.norm()), "v0_norm": float(v0.norm())}
     return update.float(), info
 
 
+def _timed(seconds: dict, what: str, fn, *args):
+    t = time.perf_counter()
+    try:
+        return fn(*args)
+    finally:
+        seconds[what] += time.perf_counter() - t
+
+
+def _optimise(model, request, layer, templates, values, progress, seconds):
+    """δ `[d_model]`, v₀ `[d_model]` and the optimisation's info for one request (timed as 'values')."""
+    delta, v0, info = _timed(seconds, "values", optimise_values, model, [request], layer, "mlp_out", templates,
+                             values, progress)
+    return delta[0], v0[0], info
+
+
+def _reaching(C: torch.Tensor, keys: list[torch.Tensor], layer: int, missing_ok: bool = False):
+    """u `[d_mlp]` float64 with uᵀk_j = 1 for every key and the smallest C-norm update:
+    u = C⁻¹K (KᵀC⁻¹K)⁻¹ 1 with K = [k_1 … k_n]. With `missing_ok`, None when the keys are (nearly)
+    parallel in the C⁻¹ metric (one of them already reaches the others)."""
+    K = torch.stack([k.double() for k in keys], 1)                                     # [d_mlp, n]
+    CiK = solve(C, K, what=f"C (layer {layer})")
+    G = K.T.to(CiK.device) @ CiK                                                       # KᵀC⁻¹K [n, n]
+    if not torch.isfinite(G).all() or not torch.linalg.cond(G) <= 1e8:  # (cond of a zero G is nan)
+        if missing_ok:
+            return None
+        raise ValueError(f"kᵀC⁻¹k = {G.flatten().tolist()} at layer {layer}: the key is (nearly) zero or not "
+                         "finite; recompute the statistics over more tokens or choose another layer")
+    return CiK @ torch.linalg.solve(G, torch.ones(len(keys), dtype=G.dtype, device=G.device))
+
+
+def _ratio(k_star: torch.Tensor, k_prompt: torch.Tensor, C: torch.Tensor, layer: int) -> float:
+    """(k*ᵀC⁻¹k*) / (k_promptᵀC⁻¹k*): turns C⁻¹k*/(k*ᵀC⁻¹k*) into the original ROME's C⁻¹k*/(k_promptᵀC⁻¹k*)."""
+    Cik = solve(C, k_star, what=f"C (layer {layer})")
+    denom = float(k_prompt.double().to(Cik.device) @ Cik)
+    if not abs(denom) > 1e-12:
+        raise ValueError(f"uᵀk = {denom:.3g} at layer {layer}: the key is (nearly) orthogonal to C⁻¹k*; "
+                         "recompute the statistics over more tokens or choose another layer")
+    return float(k_star.double().to(Cik.device) @ Cik) / denom
+
+
 def _rank_one(model: Model, layer: int, v_star: torch.Tensor, u: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-    """ΔW = (v* − W k − b) uᵀ / (uᵀ k) in float64 `[d_model, d_mlp]`."""
+    """ΔW = (v* − W k − b) uᵀ in float64 `[d_model, d_mlp]` (u already normalised: uᵀk = 1)."""
     w = model.mlp_out_weight(layer)
     W = w.matrix.double()                                                              # [d_model, d_mlp]
-    b = torch.zeros(W.shape[0], dtype=W.dtype) if w.bias is None else w.bias.double()
-    k = k.double()
-    denom = u @ k
-    if not torch.isfinite(denom) or abs(float(denom)) < 1e-12:
-        raise ValueError(f"uᵀk = {float(denom):.3g} at layer {layer}: the key is (nearly) orthogonal to C⁻¹k*; "
-                         "recompute the statistics over more tokens or choose another layer")
-    return torch.outer(v_star.double() - W @ k - b, u) / denom                         # (v* − Wk − b) uᵀ / (uᵀk)
+    b = torch.zeros(W.shape[0], dtype=W.dtype, device=W.device) if w.bias is None else w.bias.double()
+    return torch.outer(v_star.double() - W @ k.double().to(W.device) - b, u.to(W.device))
 
 
 def _edited_says(model: Model, layer: int, update: torch.Tensor, request: Request) -> bool:
