@@ -174,7 +174,7 @@ def main() -> None:
                            "median_breakdown_s": {k: statistics.median(x.get(k, 0.0) for x in times)
                                                   for k in ("keys", "values", "solve", "verify")},
                            "mean_total_s": statistics.mean(x["total"] for x in times),
-                           "second_rounds": sum(x["rounds"] > 1 for x in times),
+                           "rounds": {str(k): sum(x["rounds"] == k for x in times) for k in (1, 2, 3)},
                            "median_steps": statistics.median(x["steps"] for x in times), "efficacy_failures": failed}
             save(out)
             print(f"ROME ×{len(recs)}: {out['rome']['post']} median {out['rome']['median_total_s']:.1f}s")
