@@ -75,8 +75,8 @@ def rome_delta(model: Model, request: Request, layer: int, stats: KeyStats, para
     C = stats.moment
     if hp.rrome:
         k, u = k_star, _reaching(C, [k_star], layer)                                   # C⁻¹k* / (k*ᵀC⁻¹k*)
-    else:  # the original: u = C⁻¹k* normalised by the plain prompt's key
-        k, u = k_prompt, _reaching(C, [k_star], layer) * _ratio(k_star, k_prompt, C, layer)
+    else:  # the original: u = C⁻¹k* / (k_promptᵀC⁻¹k*)
+        k, u = k_prompt, _normalised(solve(C, k_star, what=f"C (layer {layer})"), k_prompt, layer)
     seconds = {"keys": time.perf_counter() - t0, "values": 0.0, "solve": 0.0, "verify": 0.0}
     values, rounds, reaches_prompt = hp.values, 1, False
     delta, v0, vinfo = _optimise(model, request, layer, templates, values, progress, seconds)
@@ -126,14 +126,13 @@ def _reaching(C: torch.Tensor, keys: list[torch.Tensor], layer: int, missing_ok:
     return CiK @ torch.linalg.solve(G, torch.ones(len(keys), dtype=G.dtype, device=G.device))
 
 
-def _ratio(k_star: torch.Tensor, k_prompt: torch.Tensor, C: torch.Tensor, layer: int) -> float:
-    """(k*ᵀC⁻¹k*) / (k_promptᵀC⁻¹k*): turns C⁻¹k*/(k*ᵀC⁻¹k*) into the original ROME's C⁻¹k*/(k_promptᵀC⁻¹k*)."""
-    Cik = solve(C, k_star, what=f"C (layer {layer})")
-    denom = float(k_prompt.double().to(Cik.device) @ Cik)
+def _normalised(u: torch.Tensor, k: torch.Tensor, layer: int) -> torch.Tensor:
+    """u / (uᵀk), so that uᵀk = 1."""
+    denom = float(u @ k.double().to(u.device))
     if not abs(denom) > 1e-12:
         raise ValueError(f"uᵀk = {denom:.3g} at layer {layer}: the key is (nearly) orthogonal to C⁻¹k*; "
                          "recompute the statistics over more tokens or choose another layer")
-    return float(k_star.double().to(Cik.device) @ Cik) / denom
+    return u / denom
 
 
 def _rank_one(model: Model, layer: int, v_star: torch.Tensor, u: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
