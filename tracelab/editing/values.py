@@ -145,6 +145,7 @@ class _Engine:
                                use_cache=True, logits_to_keep=1)
                 self.cache = out.get("cache", out.get("past_key_values"))  # renamed in transformers 5.24
                 self.saved = [dict(vars(layer)) for layer in self.cache.layers]  # the prefix's state
+            self.cache_arg = model.cache_kwargs(self.cache)  # the forward's name for it, looked up once
             recorded = {}
             if first > 0:
                 below = model.layer(first - 1)
@@ -162,7 +163,7 @@ class _Engine:
             replay = _replay_below(m, self.first, self.below) if use_replay and self.first else contextlib.nullcontext()
             with replay, m.patch(patch):
                 out = m.hf(input_ids=b.suffix, attention_mask=b.mask, position_ids=b.positions[:, self.P:],
-                           use_cache=self.cache is not None, logits_to_keep=b.keep, **m.cache_kwargs(self.cache))
+                           use_cache=self.cache is not None, logits_to_keep=b.keep, **self.cache_arg)
             if self.cache is not None:  # back to the prefix (update() concatenates: the old tensors are intact)
                 for layer, saved in zip(self.cache.layers, self.saved):
                     layer.__dict__.update(saved)
