@@ -11,6 +11,11 @@ uses the mean of its own two probes. The naive engine (one full forward per cell
 every position, the paper's algorithm) is timed on a random subset of cells per kind and
 extrapolated: its cells all cost the same. FLOPs are counted from the shapes each engine runs.
 Run it alone, without OMP_WAIT_POLICY=PASSIVE (it halves the two-thread matmul rate here).
+
+The hosts this runs on differ: some have AMX (bf16 matmuls ~9× fp32), some only AVX-512 BF16
+(~2×). So the run records the CPU and its bf16 instructions, and the *matmul floor* of a fast bf16
+trace: its FLOPs at the probed bf16 rate, the time no engine doing those FLOPs can beat on this
+host; naive time / floor is the largest speed-up the host allows.
 Prints a table; writes benchmarks/results/trace.json.
 """
 
@@ -35,6 +40,24 @@ from tracelab.tracing.fast import plan_rows
 from tracelab.tracing.naive import run_naive
 
 PROMPT, SUBJECT = "The Eiffel Tower is located in the city of", "The Eiffel Tower"
+
+
+def cpu_description() -> dict:
+    """The CPU's model name and its bf16 matmul instructions (Linux /proc/cpuinfo; else unknown)."""
+    name, flags = platform.processor() or "unknown", set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name":
+                    name = value.strip()
+                elif key.strip() == "flags":
+                    flags = set(value.split())
+                    break
+    except OSError:
+        pass
+    isa = "amx" if "amx_bf16" in flags else "avx512_bf16" if "avx512_bf16" in flags else "none"
+    return {"cpu": name, "bf16_matmul_isa": isa}
 
 
 def layer_linears(model) -> list[nn.Linear]:
@@ -193,12 +216,20 @@ def main() -> None:
             line += f"{flops[name] / 1e9:>9.0f}{eff:>17.0%}"
         print(line)
         table.append(row)
+    rate32, rate16 = statistics.median(rates["fast fp32"]), statistics.median(rates["fast bf16"])
+    floor = f_fast / rate16  # seconds of a fast bf16 trace at 100 % of the bf16 matmul rate
+    cpu = cpu_description()
+    print(f"host: {cpu['cpu']} ({cpu['bf16_matmul_isa']}); bf16 matmuls {rate16 / rate32:.1f}× fp32; "
+          f"fast bf16 matmul floor {floor:.1f} s, so at most {med['naive fp32'] / floor:.1f}× naive fp32 here "
+          f"(targets: < 15 s, ≥ 15×)")
     print(f"fast fp32 vs naive fp32, max |Δ| on {sum(int(m.sum()) for s in naive_cells for m in s.values())} "
           f"sampled cells: {max_diff:.2e}; bf16 vs fp32 max |Δ mean|: {bf16_diff:.3f}")
     print("screen vs exact: Spearman " + ", ".join(f"{k} {v:.2f}" for k, v in rank.items())
           + f"; top-{args.screen_k} recall " + ", ".join(f"{k} {v:.2f}" for k, v in recall.items()))
     out = {"model": model.name, "prompt": PROMPT, "n_tokens": n, "n_layers": L, "samples": args.samples,
-           "rounds": args.rounds, "machine": {"platform": platform.platform(), "threads": torch.get_num_threads()},
+           "rounds": args.rounds, "machine": {"platform": platform.platform(), "threads": torch.get_num_threads(), **cpu},
+           "bf16_over_fp32_matmul_rate": rate16 / rate32, "fast_bf16_matmul_floor_seconds": floor,
+           "naive_over_floor": med["naive fp32"] / floor,
            "engines": table, "flop_ratio_naive_over_fast": f_naive / f_fast,
            "screen_spearman": rank, f"screen_top{args.screen_k}_recall": recall,
            "fast_vs_naive_max_abs_diff": max_diff, "bf16_vs_fp32_max_abs_diff": bf16_diff}
