@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib.util
 
+import warnings
+
 import pytest
 import torch
 
@@ -106,12 +108,17 @@ def test_same_object_gives_same_model():
             as_model(bad)
 
 
-def test_nnsight_model_shares_weights():
-    """(TransformerBridge objects: tests/test_byo_models.py, one bridge per process.)"""
-    from nnsight import LanguageModel
+@pytest.mark.parametrize("cls", ["TransformersModel", "LanguageModel"])
+def test_nnsight_model_shares_weights(cls):
+    """nnsight 0.8's TransformersModel and the LanguageModel it deprecates (still what most user
+    code builds). (TransformerBridge objects: tests/test_byo_models.py, one bridge per process.)"""
+    import nnsight
 
     tiny = tiny_model("gpt2")
-    lm = LanguageModel(tiny.hf, tokenizer=tiny.tokenizer)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="LanguageModel is deprecated")
+        kw = {"task": "text-generation"} if cls == "TransformersModel" else {}
+        lm = getattr(nnsight, cls)(tiny.hf, tokenizer=tiny.tokenizer, **kw)
     model = load_model(lm)
     assert model.hf is tiny.hf and model.tokenizer is tiny.tokenizer
     weight = model.mlp_out_weight(0)

@@ -36,16 +36,18 @@ def test_nnsight_trace_equals_fast_engine(family):
 
 @pytest.mark.parametrize("metric", ["log_prob", "logit_diff"])
 def test_nnsight_trace_metrics_token_replace_and_users_object(metric):
-    from nnsight import NNsight
+    from nnsight import NNsight, TransformersModel
 
     model = tiny_model("llama")
     kw = dict(metric=metric, corruption=tl.TokenReplace("The Space Needle is in"))
     if len(model.tokens("The Space Needle is in")) != len(model.tokens(PROMPT)):
         kw["corruption"] = tl.GaussianNoise(std=0.4)
     fast = _trace(model, **kw)
-    ns = _trace(NNsight(model.hf), engine="nnsight", **kw)  # the user's own nnsight object
-    for kind in fast.scores:
-        torch.testing.assert_close(ns.scores[kind], fast.scores[kind], atol=1e-5, rtol=1e-5)
+    users = [NNsight(model.hf), TransformersModel(model.hf, tokenizer=model.tokenizer, task="text-generation")]
+    for lm in users:  # the user's own nnsight object
+        ns = _trace(lm, engine="nnsight", **kw)
+        for kind in fast.scores:
+            torch.testing.assert_close(ns.scores[kind], fast.scores[kind], atol=1e-5, rtol=1e-5)
 
 
 def test_remote_needs_what_can_be_sent():

@@ -11,7 +11,7 @@ import torch
 
 
 def is_nnsight(obj) -> bool:
-    """Whether `obj` is an nnsight model (`NNsight`, `LanguageModel`)."""
+    """Whether `obj` is an nnsight model (`NNsight`, `TransformersModel`, `LanguageModel`)."""
     return type(obj).__module__.split(".")[0] == "nnsight"
 
 

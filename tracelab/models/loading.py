@@ -122,9 +122,9 @@ def load_model(
 
     `spec`: None or "smollm2-135m" (the embedded model, offline), a local directory, a hub id,
     a transformers `PreTrainedModel` (give its `tokenizer=` unless it can be loaded from the
-    model's name), a TransformerLens 4 `TransformerBridge` or an nnsight `LanguageModel`/`NNsight`
-    (the same weights are used, not copied; edits show through the user's object). Loading the
-    same object twice gives the same `Model`. `dtype` defaults to float32 (the model's own dtype
+    model's name), a TransformerLens 4 `TransformerBridge` or an nnsight model (`TransformersModel`,
+    `LanguageModel`, `NNsight`; the same weights are used, not copied; edits show through the user's
+    object). Loading the same object twice gives the same `Model`. `dtype` defaults to float32 (the model's own dtype
     for objects); `device` defaults to CPU (objects stay where they are). `device_map="auto"`
     (accelerate) spreads a large model's layers over the available devices instead; sites and
     hooks work across devices (patched values follow the tensor's device).
@@ -176,7 +176,7 @@ def load_model(
 
 def _unwrap(obj) -> tuple[nn.Module, object] | None:
     """(HF model, tokenizer) inside a TransformerLens `TransformerBridge` or an nnsight
-    `LanguageModel`/`NNsight`; None for anything else. The user's object and the `Model`
+    `TransformersModel`/`LanguageModel`/`NNsight`; None for anything else. The user's object and the `Model`
     share the same weights, so edits are visible through both."""
     if is_nnsight(obj):
         return obj._module, getattr(obj, "tokenizer", None)

@@ -1,8 +1,8 @@
 """Steering through nnsight: the same residual additions as `steer`, as one nnsight trace, so a
 hosted model (NDIF, `remote=True`) can run them.
 
-    >>> from nnsight import LanguageModel
-    >>> lm = LanguageModel("meta-llama/Meta-Llama-3.1-70B")      # NDIF_API_KEY in the environment
+    >>> from nnsight import TransformersModel
+    >>> lm = TransformersModel("meta-llama/Meta-Llama-3.1-70B", task="text-generation")  # NDIF_API_KEY set
     >>> logits = steered_next_token_logits(lm, prompts, v, alpha=4.0, remote=True)   # [batch, vocab]
 
 In the trace, h_l ← h_l + Σ α·v_l at each steered layer's block output (every position, or the

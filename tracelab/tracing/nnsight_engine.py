@@ -1,7 +1,7 @@
 """Causal tracing as nnsight traces: the same runs, so that a hosted model (NDIF) can run them.
 
-    >>> from nnsight import LanguageModel
-    >>> lm = LanguageModel("meta-llama/Meta-Llama-3.1-70B")      # NDIF_API_KEY in the environment
+    >>> from nnsight import TransformersModel
+    >>> lm = TransformersModel("meta-llama/Meta-Llama-3.1-70B", task="text-generation")  # NDIF_API_KEY set
     >>> trace(lm, prompt, subject, engine="nnsight", remote=True, corruption=GaussianNoise(std=0.05))
 
 Each nnsight trace is one batch. Row 0 is the clean prompt; the other rows are corrupted runs
