@@ -125,9 +125,9 @@ def load_model(
     model's name), a TransformerLens 4 `TransformerBridge` or an nnsight model (`TransformersModel`,
     `LanguageModel`, `NNsight`; the same weights are used, not copied; edits show through the user's
     object). Loading the same object twice gives the same `Model`. `dtype` defaults to float32
-    (the model's own dtype for objects); `device` defaults to CPU (objects stay where they are). `device_map="auto"`
-    (accelerate) spreads a large model's layers over the available devices instead; sites and
-    hooks work across devices (patched values follow the tensor's device).
+    (the model's own dtype for objects); `device` defaults to CPU (objects stay where they are).
+    `device_map="auto"` (accelerate) spreads a large model's layers over the available devices
+    instead; sites and hooks work across devices (patched values follow the tensor's device).
     """
     dtype = _parse_dtype(dtype)
     if isinstance(spec, Model):
