@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import warnings
 from dataclasses import replace
 
 import pytest
 import torch
+from transformers.utils import logging as hf_logging
 
 from tracelab.editing import AlphaEditParams, MemitParams, Request, RomeParams, ValueParams, edit, journal, key_stats
 from tracelab.editing.alphaedit import alphaedit_solver, null_space_projector
@@ -38,6 +41,22 @@ def _same(model, state):
     return all(torch.equal(v, state[k]) for k, v in model.hf.state_dict().items())
 
 
+@contextlib.contextmanager
+def _transformers_log():
+    """The messages transformers logs inside (its `warning_once` cache cleared first, so a message
+    already logged earlier in this process shows again)."""
+    seen: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: seen.append(record.getMessage())
+    logging.Logger.warning_once.cache_clear()
+    root = hf_logging.get_logger("transformers")
+    root.addHandler(handler)
+    try:
+        yield seen
+    finally:
+        root.removeHandler(handler)
+
+
 @pytest.mark.parametrize("family", ["gpt2", "llama", "gemma2"])
 def test_fast_engine_matches_reference(family):
     """The fast v*/z engine (cached prefix, replayed lower layers, logits only where scored)
@@ -47,10 +66,11 @@ def test_fast_engine_matches_reference(family):
     templates = context_templates(model, 2, 5)
     reqs = [REQ, Request("Lyon", "In {} they speak", "Italian and French")]
     for layer, site in [(1, "mlp_out"), (2, "resid")]:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _transformers_log() as log:
             warnings.simplefilter("error", FutureWarning)
             out = [optimise_values(model, reqs, layer, site, templates, ValueParams(steps=2, engine=e, bf16=False),
                                    progress=False) for e in ("fast", "reference")]
+        assert not [m for m in log if "deprecated" in m], log
         assert torch.allclose(out[0][1], out[1][1], atol=1e-5)
         assert torch.allclose(out[0][0], out[1][0], atol=1e-4), (out[0][0] - out[1][0]).abs().max()
         assert out[0][0].abs().max() > 1e-2

@@ -143,7 +143,8 @@ class _Engine:
             if P:
                 out = model.hf(input_ids=b.prefix, attention_mask=b.mask[:, :P], position_ids=b.positions[:, :P],
                                use_cache=True, logits_to_keep=1)
-                self.cache = out.get("cache", out.get("past_key_values"))  # renamed in transformers 5.24
+                # renamed in transformers 5.24, where even asking for the old name logs a deprecation
+                self.cache = out["cache"] if "cache" in out else out["past_key_values"]
                 self.saved = [dict(vars(layer)) for layer in self.cache.layers]  # the prefix's state
             self.cache_arg = model.cache_kwargs(self.cache)  # the forward's name for it, looked up once
             recorded = {}
