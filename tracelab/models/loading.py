@@ -176,8 +176,8 @@ def load_model(
 
 def _unwrap(obj) -> tuple[nn.Module, object] | None:
     """(HF model, tokenizer) inside a TransformerLens `TransformerBridge` or an nnsight
-    `TransformersModel`/`LanguageModel`/`NNsight`; None for anything else. The user's object and the `Model`
-    share the same weights, so edits are visible through both."""
+    `TransformersModel`/`LanguageModel`/`NNsight`; None for anything else. The user's object and
+    the `Model` share the same weights, so edits are visible through both."""
     if is_nnsight(obj):
         return obj._module, getattr(obj, "tokenizer", None)
     if type(obj).__module__.split(".")[0] == "transformer_lens":
