@@ -68,8 +68,13 @@ def test_hub_id_offline_gives_clear_message(monkeypatch):
 
 
 def test_missing_local_directory(tmp_path):
-    with pytest.raises(OSError, match="could not load model"):
-        load_model(str(tmp_path / "nothing-here"))
+    """A path that does not exist says so (not the hub's repo-id rules)."""
+    for spec in (str(tmp_path / "nothing-here"), tmp_path / "nothing-here", "/no/such/dir", "./no-such-dir"):
+        with pytest.raises(FileNotFoundError, match="no such directory"):
+            load_model(spec)
+    (tmp_path / "file.txt").write_text("x")
+    with pytest.raises(FileNotFoundError, match="it is a file"):
+        load_model(str(tmp_path / "file.txt"))
 
 
 def test_model_object_and_dtype():

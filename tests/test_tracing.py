@@ -181,6 +181,10 @@ def test_subject_error_shows_tokens(llama):
 
 
 def test_wrong_types(llama):
+    with pytest.raises(TypeError, match="prompt must be a string, got int 123"):
+        trace(llama, 123, SUBJECT, progress=False)
+    with pytest.raises(TypeError, match="subject must be a string"):
+        trace(llama, PROMPT, None, progress=False)
     with pytest.raises(TypeError, match="samples must be an int"):
         trace(llama, PROMPT, SUBJECT, samples=2.5, progress=False)
     with pytest.raises(TypeError, match="corruption"):
@@ -195,7 +199,28 @@ def test_unknown_fact_warns(llama):
 
 def test_nan_in_corrupted_run_raises_naming_dtype(llama):
     with pytest.raises(FloatingPointError, match="float32"):
-        trace(llama, PROMPT, SUBJECT, corruption=GaussianNoise(std=float("inf")), samples=1, progress=False)
+        trace(llama, PROMPT, SUBJECT, corruption=GaussianNoise(std=3e38), samples=1, progress=False)
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    (dict(std=-1.0), ValueError, "finite number > 0"),
+    (dict(std=0.0), ValueError, "finite number > 0"),
+    (dict(std=float("nan")), ValueError, "finite number > 0"),
+    (dict(std=float("inf")), ValueError, "finite number > 0"),
+    (dict(scale=-3.0), ValueError, "finite number > 0"),
+    (dict(std="0.1"), TypeError, "must be a number"),
+    (dict(noise=torch.full((1, 1, 4), float("nan"))), ValueError, "NaN or inf"),
+])
+def test_bad_noise_is_refused_when_made(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        GaussianNoise(**kwargs)
+
+
+def test_bad_token_replace_is_refused_when_made():
+    with pytest.raises(TypeError, match="non-empty string"):
+        TokenReplace(42)
+    with pytest.raises(TypeError, match="non-empty string"):
+        TokenReplace("  ")
 
 
 @pytest.mark.slow

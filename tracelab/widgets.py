@@ -15,6 +15,7 @@ from typing import Any, Mapping
 
 import plotly.graph_objects as go
 
+from .models.loading import as_model
 from .viz.compare import comparison_rows, related_prompts, snapshot
 from .viz.report import html_table
 
@@ -41,7 +42,8 @@ class TraceExplorer:
                  edit_options: Mapping[str, Any] | None = None) -> None:
         import ipywidgets as w
 
-        self.model, self.original, self.result = model, result, result
+        self.model = None if model is None else as_model(model)  # any model object tracelab takes (None: view only)
+        self.original, self.result = result, result
         self.prompts = dict(prompts) if prompts is not None else related_prompts(result.prompt, result.subject)
         self.edit_options = dict(edit_options or {})
         self.edit = None

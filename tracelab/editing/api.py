@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import time
 import warnings
 from typing import Any, Iterable, Mapping, Sequence
@@ -18,7 +17,6 @@ import torch
 
 from ..models import Model
 from ..models.loading import as_model
-from ..tracing.walk import walkable
 from .alphaedit import AlphaEditParams, alphaedit_deltas
 from .delta import WeightDelta
 from .journal import Edit, journal, transaction
@@ -120,10 +118,6 @@ def edit(
     hp = params if params is not None else _PARAMS[method]()
     if not isinstance(hp, _PARAMS[method]):
         raise TypeError(f"params for {method} must be {_PARAMS[method].__name__}, got {type(hp).__name__}")
-    if hp.values.engine == "fast" and not walkable(model):
-        warnings.warn("this model's decoder layers are wrapped (e.g. by a TransformerLens bridge), so the fast "
-                      "v*/z engine cannot replay them: using the reference engine (same δ, slower)", stacklevel=2)
-        hp = dataclasses.replace(hp, values=dataclasses.replace(hp.values, engine="reference"))
     chosen = _layers(model, method, layer, layers, reqs[0])
     todo = [r for r in reqs if not already_says(model, r)]
     if len(todo) < len(reqs):

@@ -60,10 +60,11 @@ def _generate(model: Model, n: int, length: int, seed: int) -> list[str]:
         model.tokenizer.padding_side = "left"  # generation continues from the last token
         enc = model.tokenizer(starters, return_tensors="pt", padding=True)
         model.tokenizer.padding_side = "right"
-        out = model.hf.generate(
-            input_ids=enc["input_ids"].to(model.device), attention_mask=enc["attention_mask"].to(model.device),
-            max_new_tokens=length, do_sample=True, top_k=5, pad_token_id=model.tokenizer.pad_token_id,
-        )
+        with model.native():
+            out = model.hf.generate(
+                input_ids=enc["input_ids"].to(model.device), attention_mask=enc["attention_mask"].to(model.device),
+                max_new_tokens=length, do_sample=True, top_k=5, pad_token_id=model.tokenizer.pad_token_id,
+            )
     return model.tokenizer.batch_decode(out, skip_special_tokens=True)
 
 

@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 
 from ..heap import reuse_heap
 from ..models import Model
+from ..models.wrappers import forwards_replaced
 from .keys import last_subject_index
 from .requests import Request
 
@@ -115,18 +116,10 @@ def _rows(model: Model, requests: Sequence[Request], templates: Sequence[str]) -
     )
 
 
-@contextlib.contextmanager
 def _replay_below(model: Model, first: int, output):
     """Layers 0..first-1 do no work: each returns `output`, the block output of layer first-1
     recorded once (so layer `first` sees the same input as in the full model)."""
-    layers = [model.layer(l) for l in range(first)]
-    try:
-        for layer in layers:
-            layer.forward = lambda *args, **kwargs: output
-        yield
-    finally:
-        for layer in layers:
-            del layer.forward
+    return forwards_replaced((model.layer(l), lambda *args, **kwargs: output) for l in range(first))
 
 
 class _Engine:
@@ -222,7 +215,8 @@ def says_target(model: Model, request: Request) -> bool:
     ids = model.target_ids(request.text, request.target)
     prompt = model.tokenizer(request.text)["input_ids"]
     full = torch.tensor([prompt + ids], device=model.device)
-    predicted = model.hf(input_ids=full).logits[0, len(prompt) - 1:-1].argmax(-1)
+    with model.native():
+        predicted = model.hf(input_ids=full).logits[0, len(prompt) - 1:-1].argmax(-1)
     return predicted.tolist() == ids
 
 
@@ -268,10 +262,12 @@ def optimise_values(
 def _compute_mode(model: Model, hp: ValueParams):
     """One autocast region per chunk (it caches the bf16 casts of weights that require grad, and
     gradients are only ever taken for δ), on CPU the plain-math attention, whose backward is
-    ~2× faster than the flash kernel's at these lengths, and freed activations kept for reuse
-    (`reuse_heap`)."""
+    ~2× faster than the flash kernel's at these lengths, freed activations kept for reuse
+    (`reuse_heap`), and a TransformerLens bridge's components running the transformers modules
+    they wrap (whose attention reads the prefix's KV cache; see `models.wrappers`)."""
     with contextlib.ExitStack() as stack:
         stack.enter_context(reuse_heap())
+        stack.enter_context(model.native())
         if hp.bf16:
             stack.enter_context(torch.autocast(model.device.type, dtype=torch.bfloat16))
         if model.device.type == "cpu":

@@ -148,10 +148,16 @@ def evaluate(
     a callable returning a context manager during which the intervention is active.
     `edit_kwargs` go to `tracelab.edit`. The model's weights are the same afterwards.
     """
-    model = as_model(model)  # a Model, transformers model, TransformerBridge or nnsight model
+    user_object, model = model, as_model(model)  # a Model, transformers model, TransformerBridge or nnsight model
     if isinstance(records, Edit):
         intervention = records if intervention is None else intervention
         records = [Record(r) for r in records.requests]
+    if isinstance(intervention, Edit) and intervention._journal is not None and intervention._journal.model is not model:
+        edited = intervention._journal.model
+        raise ValueError(
+            f"this {intervention.method} edit was applied to another model object ({edited!r}) than the "
+            f"{type(user_object).__name__} given here, which wraps a different copy of the weights: evaluate "
+            "the edit on the model it was applied to, or replay it there with Journal.apply")
     recs = read_records(records, limit) if isinstance(records, (str, Path)) else [to_record(r) for r in records][:limit]
     if not recs:
         raise ValueError("no records to evaluate")

@@ -56,7 +56,8 @@ def score_targets(model: Model, prompts: Sequence[str], targets: Sequence[str], 
         width = max(len(r[0]) for r in rows)
         ids = torch.tensor([r[0] + [pad] * (width - len(r[0])) for r in rows], device=model.device)
         mask = torch.tensor([[1] * len(r[0]) + [0] * (width - len(r[0])) for r in rows], device=model.device)
-        logp = model.hf(input_ids=ids, attention_mask=mask).logits.float().log_softmax(-1)
+        with model.native():
+            logp = model.hf(input_ids=ids, attention_mask=mask).logits.float().log_softmax(-1)
         for j, (_, n, tgt) in enumerate(rows):
             at = torch.arange(n - 1, n - 1 + len(tgt), device=model.device)
             lp = logp[j, at]                                                   # [n_target, vocab]
@@ -92,7 +93,8 @@ def generate(model: Model, prompts: Sequence[str], max_new_tokens: int = 50) -> 
         enc = tok(list(prompts), return_tensors="pt", padding=True)
     finally:
         tok.padding_side = "right"
-    out = model.hf.generate(input_ids=enc["input_ids"].to(model.device),
-                            attention_mask=enc["attention_mask"].to(model.device),
-                            max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
+    with model.native():
+        out = model.hf.generate(input_ids=enc["input_ids"].to(model.device),
+                                attention_mask=enc["attention_mask"].to(model.device),
+                                max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
     return tok.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)

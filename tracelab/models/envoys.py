@@ -9,10 +9,7 @@ from __future__ import annotations
 
 import torch
 
-
-def is_nnsight(obj) -> bool:
-    """Whether `obj` is an nnsight model (`NNsight`, `TransformersModel`, `LanguageModel`)."""
-    return type(obj).__module__.split(".")[0] == "nnsight"
+from .wrappers import is_nnsight
 
 
 def nnsight_model(user_object, hf):

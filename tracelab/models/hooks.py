@@ -15,7 +15,7 @@ entered (to record a patched value, enter the patch first).
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Callable, ContextManager, Iterator, Mapping, Sequence
 
@@ -57,7 +57,7 @@ def _with_first(value, tensor):
 
 @contextmanager
 def intervene(
-    model, fns: Mapping[Site, SiteFn], *, stop_after: Site | None = None
+    model, fns: Mapping[Site, SiteFn], *, stop_after: Site | None = None, native: bool = True
 ) -> Iterator[None]:
     """Call `fns[site](tensor)` at each site; a returned tensor replaces the site's value.
 
@@ -67,6 +67,8 @@ def intervene(
     `stop_after`: end the forward pass right after that site, to collect early states cheaply.
     As in baukit, the stop is caught when the `with` block exits, so the statements after the
     forward call in the block do not run: make the forward call the block's last statement.
+    `native`: the block runs in `model.native()` (the transformers modules beneath a bridge);
+    False where the block runs the user's own calls through their wrapper (`steer`).
     """
     hf: nn.Module = model.hf
     handles = []
@@ -108,7 +110,8 @@ def intervene(
             register = module.register_forward_hook if kind == "forward" else module.register_forward_pre_hook
             handles.append(register(hook))
         try:
-            yield
+            with model.native() if native else nullcontext():
+                yield
         except StopForward:
             pass
     finally:
@@ -185,10 +188,10 @@ def add(vector: torch.Tensor, *, positions=None, rows=None) -> SiteFn:
     return fn
 
 
-def patch(model, patches: Mapping[Site, SiteFn]) -> ContextManager[None]:
+def patch(model, patches: Mapping[Site, SiteFn], *, native: bool = True) -> ContextManager[None]:
     """Rewrite sites for the forward passes inside the `with` block.
 
         >>> with patch(model, {model.mlp_out(5): replace(clean_mlp[:, 3], positions=[3])}):
         ...     logits = model.hf(ids).logits
     """
-    return intervene(model, patches)
+    return intervene(model, patches, native=native)

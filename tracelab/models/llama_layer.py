@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..kernels import restore_
+from .wrappers import inner_module
 
 LLAMA_LIKE = ("llama", "mistral", "qwen2", "qwen3")
 
@@ -82,21 +83,25 @@ class LlamaLayer:
     """Decoder layer `layer` of a Llama-like model with its weights cast to `dtype` (see module doc)."""
 
     def __init__(self, layer: nn.Module, config, dtype: torch.dtype):
-        attn = layer.self_attn
+        layer = inner_module(layer)  # a TransformerLens bridge wraps each part: read the transformers ones
+        attn, mlp = inner_module(layer.self_attn), inner_module(layer.mlp)
+        q, k, v, o = (inner_module(getattr(attn, f"{x}_proj")) for x in "qkvo")
+        gate, up, down = (inner_module(getattr(mlp, f"{x}_proj")) for x in ("gate", "up", "down"))
         self.dtype = dtype
         self.heads = config.num_attention_heads
         self.kv_heads = getattr(config, "num_key_value_heads", None) or self.heads
         self.head_dim = attn.head_dim
         self.scaling = attn.scaling
-        self.w_qkv, self.b_qkv = _weights(attn.q_proj, attn.k_proj, attn.v_proj, dtype=dtype)
-        self.w_o, self.b_o = _weights(attn.o_proj, dtype=dtype)
-        mlp = layer.mlp
-        self.w_gate, self.b_gate = _weights(mlp.gate_proj, dtype=dtype)
-        self.w_up, self.b_up = _weights(mlp.up_proj, dtype=dtype)
-        self.w_down, self.b_down = _weights(mlp.down_proj, dtype=dtype)
+        self.w_qkv, self.b_qkv = _weights(q, k, v, dtype=dtype)
+        self.w_o, self.b_o = _weights(o, dtype=dtype)
+        self.w_gate, self.b_gate = _weights(gate, dtype=dtype)
+        self.w_up, self.b_up = _weights(up, dtype=dtype)
+        self.w_down, self.b_down = _weights(down, dtype=dtype)
         self.act = mlp.act_fn
-        self.norm_in, self.norm_post = layer.input_layernorm, layer.post_attention_layernorm
-        self.q_norm, self.k_norm = getattr(attn, "q_norm", None), getattr(attn, "k_norm", None)  # Qwen3
+        self.norm_in = inner_module(layer.input_layernorm)
+        self.norm_post = inner_module(layer.post_attention_layernorm)
+        self.q_norm, self.k_norm = (inner_module(getattr(attn, n)) if getattr(attn, n, None) is not None else None
+                                    for n in ("q_norm", "k_norm"))  # Qwen3
 
     def __call__(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, start: int,
                  prefix: tuple[torch.Tensor, torch.Tensor] | None = None,
@@ -177,8 +182,8 @@ class LlamaLayers(list):
         if copy_bytes > _free_bytes(model.device) / 4:
             return None
         layers = cls(LlamaLayer(model.layer(l), cfg, dtype) for l in range(model.n_layers))
-        layers.final_norm = model.hf.get_submodule(model.arch.final_norm)
-        head = model.hf.get_output_embeddings()
+        layers.final_norm = model.module(model.arch.final_norm)
+        head = inner_module(model.hf.get_output_embeddings())
         layers.w_head, layers.b_head = _weights(head, dtype=dtype)
         layers.dtype = dtype
         return layers

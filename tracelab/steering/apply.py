@@ -128,7 +128,8 @@ def steer(
         if positions == "after_prompt":
             handle = model.hf.register_forward_pre_hook(note_mask, with_kwargs=True)
             stack.callback(handle.remove)
-        stack.enter_context(model.patch({model.resid(l): add(d) for l, d in deltas.items()}))
+        # native=False: the block runs the user's own calls, through their wrapper if they hold one
+        stack.enter_context(model.patch({model.resid(l): add(d) for l, d in deltas.items()}, native=False))
         yield
 
 
@@ -195,7 +196,8 @@ def generate_ids(
         options.update(temperature=None, top_k=None, top_p=None)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        out = model.hf.generate(**batch, **options)
+        with model.native():
+            out = model.hf.generate(**batch, **options)
     return batch, out[:, batch["input_ids"].shape[1]:]
 
 

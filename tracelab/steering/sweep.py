@@ -82,7 +82,8 @@ def _fluency(model, prompts: Sequence[str], n_tokens: int, context) -> tuple[flo
     ids = torch.cat([batch["input_ids"], new], 1)
     mask = torch.cat([batch["attention_mask"], valid.long()], 1)
     position_ids = (mask.cumsum(1) - 1).clamp_min(0)
-    logits = model.hf(input_ids=ids, attention_mask=mask, position_ids=position_ids).logits.float()
+    with model.native():
+        logits = model.hf(input_ids=ids, attention_mask=mask, position_ids=position_ids).logits.float()
     n = batch["input_ids"].shape[1]
     log_probs = logits[:, n - 1 : -1].log_softmax(-1).gather(-1, new[..., None])[..., 0]  # [batch, new]
     nll = -(log_probs * valid).sum() / valid.sum().clamp_min(1)

@@ -17,7 +17,7 @@ from ..models.loading import as_model
 from .budget import batch_tokens, check_budget
 from .corruption import GaussianNoise, TokenReplace
 from .fast import run_fast
-from .walk import walkable
+from .walk import unwalkable_layer
 from .metrics import METRICS
 from .naive import run_naive
 from .problem import Problem, warn_unknown
@@ -97,7 +97,10 @@ def prepare(model, prompt: str, subject: str, target: str | int | None = None, *
         >>> problem = prepare(model, prompt, subject, samples=3)
         >>> run_fast(problem, cells), run_naive(problem, cells)   # cells: {kind: bool [n_layers, n_tokens]}
     """
-    if not isinstance(prompt, str) or not prompt.strip():
+    for name, text in (("prompt", prompt), ("subject", subject)):
+        if not isinstance(text, str):
+            raise TypeError(f"the {name} must be a string, got {type(text).__name__} {text!r}")
+    if not prompt.strip():
         raise ValueError(f"empty prompt {prompt!r}: give the text the model should continue")
     kinds = check_kinds(kinds)
     _int("window", window, 1), _int("samples", samples, 1), _int("seed", seed, 0)
@@ -157,17 +160,21 @@ def trace(model, prompt: str, subject: str, target: str | int | None = None, *,
         runner = NNsightRunner(model, user_object, remote=remote)
     elif remote:
         raise ValueError(f"remote=True runs through nnsight: use engine='nnsight' (got engine={engine!r})")
-    if engine == "fast" and not walkable(model):
-        warnings.warn("this model's decoder layers are wrapped (e.g. by a TransformerLens bridge) and take "
-                      "only *args/**kwargs, so the layer walk cannot replay their calls: using the naive "
-                      "engine (same results, slower)", stacklevel=2)
+    wrapper = unwalkable_layer(model) if engine == "fast" else None
+    if wrapper:
+        warnings.warn(f"the decoder layers are {wrapper}, whose forward takes only *args/**kwargs, so the layer "
+                      "walk cannot replay their calls: using the naive engine, one full forward per cell (same "
+                      "results, ~4-5x the FLOPs of the fast engine)", stacklevel=2)
         engine = "naive"
     if screen is not None:
         _int("screen", screen, 0)
     autocast = resolve_dtype(model, dtype)
     dtype_name = str(autocast or model.dtype).replace("torch.", "")
     amp = torch.autocast(model.device.type, dtype=autocast) if autocast else contextlib.nullcontext()
-    with amp, reuse_heap():
+    # native (the transformers modules beneath a bridge) entered once, not per restored run; the
+    # nnsight engine runs the user's nnsight object as it is
+    native = model.native() if engine != "nnsight" else contextlib.nullcontext()
+    with amp, reuse_heap(), native:
         problem = prepare(model, prompt, subject, target, kinds=kinds, corruption=corruption, window=window,
                           metric=metric, foil=foil, samples=samples, seed=seed, dtype_name=dtype_name,
                           last_logits=runner.last_logits if runner else None)

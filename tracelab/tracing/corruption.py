@@ -12,6 +12,7 @@ optional patch of the `embed` site (noise is added to the subject's token embedd
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -83,6 +84,19 @@ class GaussianNoise:
     std: float | None = None
     noise: torch.Tensor | None = field(default=None, repr=False, compare=False)
 
+    def __post_init__(self):
+        for name in ("scale", "std"):
+            value = getattr(self, name)
+            if value is None and name == "std":
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise TypeError(f"GaussianNoise({name}=...) must be a number, got {type(value).__name__} {value!r}")
+            if not math.isfinite(value) or value <= 0:
+                raise ValueError(f"GaussianNoise({name}={value!r}): the noise {name} must be a finite number > 0 "
+                                 "(the paper uses scale=3.0, three times the subject embeddings' std)")
+        if self.noise is not None and not torch.isfinite(torch.as_tensor(self.noise, dtype=torch.float32)).all():
+            raise ValueError("GaussianNoise(noise=...) holds NaN or inf values")
+
     def resolve_std(self, model) -> float:
         """The noise std used for `model`."""
         return float(self.std) if self.std is not None else self.scale * embedding_std(model)
@@ -119,6 +133,10 @@ class TokenReplace:
     """
 
     prompt: str
+
+    def __post_init__(self):
+        if not isinstance(self.prompt, str) or not self.prompt.strip():
+            raise TypeError(f"TokenReplace needs the corrupt prompt as a non-empty string, got {self.prompt!r}")
 
     def corrupt(self, model, ids: torch.Tensor, span: tuple[int, int], samples: int, seed: int) -> Corrupted:
         """Corrupted run: the other prompt's ids `[1, pos]`; `first` = first differing token."""

@@ -30,19 +30,20 @@ from torch import nn
 
 from ..models.hooks import intervene
 from ..models.llama_layer import LlamaLayers, Restore, apply_restore
+from ..models.wrappers import forward_signature, layer_takes_named_arguments
 
 _CACHE_ARGS = ("past_key_values", "layer_past", "cache")  # "cache": transformers ≥ 5.24
 
 
-def walkable(model) -> bool:
-    """Whether every decoder layer's forward names its parameters: a wrapper taking `*args`
-    (such as a TransformerLens bridge block) cannot have its calls replayed."""
+def unwalkable_layer(model) -> str | None:
+    """None when every decoder layer's forward names its parameters, so its calls can be replayed
+    (the transformers layers beneath nnsight and TransformerLens wrappers do; see
+    `models.wrappers`); else the class of the first layer that does not, as `module.Class`."""
     for l in range(model.n_layers):
-        params = list(inspect.signature(model.layer(l).forward).parameters.values())
-        if not params or params[0].kind is inspect.Parameter.VAR_KEYWORD or any(
-                p.kind is inspect.Parameter.VAR_POSITIONAL for p in params):
-            return False
-    return True
+        layer = model.layer(l)
+        if not layer_takes_named_arguments(layer):
+            return f"{type(layer).__module__}.{type(layer).__qualname__}"
+    return None
 
 
 class _Prefix:
@@ -78,11 +79,11 @@ class Walker:
         self.model, self.n = model, ids.shape[1]
         self.layers: list[nn.Module] = [model.layer(l) for l in range(model.n_layers)]
         self.calls: list[dict] = [None] * model.n_layers
-        self._signatures = [inspect.signature(layer.forward) for layer in self.layers]
+        self._signatures = [forward_signature(layer) for layer in self.layers]
         handles = [layer.register_forward_pre_hook(self._capture(l), with_kwargs=True)
                    for l, layer in enumerate(self.layers)]
         try:
-            with torch.no_grad():
+            with torch.no_grad(), model.native():
                 model.hf(input_ids=ids, use_cache=True)
         finally:
             for handle in handles:
@@ -175,6 +176,7 @@ class Walker:
         kwargs = self._arguments(l, start, cache, hidden.device)
         kwargs[self.calls[l]["_first"]] = hidden
         sites = {"attn": self.model.attn_out(l), "mlp": self.model.mlp_out(l)}
+        # intervene runs the block in model.native(): a bridge's own attention would not read the prefix
         with intervene(self.model, {sites[name]: _restore_site(r) for name, r in (restore or {}).items()}):
             out = self.layers[l](**kwargs)
         out = out[0] if isinstance(out, tuple) else out
