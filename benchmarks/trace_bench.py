@@ -30,7 +30,6 @@ import warnings
 from pathlib import Path
 
 import torch
-from torch import nn
 
 import tracelab
 from tracelab.heap import reuse_heap
@@ -39,45 +38,9 @@ from tracelab.tracing.api import prepare, trace
 from tracelab.tracing.fast import plan_rows
 from tracelab.tracing.naive import run_naive
 
+from host import cpu_description, layer_linears, matmul_rate
+
 PROMPT, SUBJECT = "The Eiffel Tower is located in the city of", "The Eiffel Tower"
-
-
-def cpu_description() -> dict:
-    """The CPU's model name and its bf16 matmul instructions (Linux /proc/cpuinfo; else unknown)."""
-    name, flags = platform.processor() or "unknown", set()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                if key.strip() == "model name":
-                    name = value.strip()
-                elif key.strip() == "flags":
-                    flags = set(value.split())
-                    break
-    except OSError:
-        pass
-    isa = "amx" if "amx_bf16" in flags else "avx512_bf16" if "avx512_bf16" in flags else "none"
-    return {"cpu": name, "bf16_matmul_isa": isa}
-
-
-def layer_linears(model) -> list[nn.Linear]:
-    return [m for m in model.layer(0).modules() if isinstance(m, nn.Linear)]
-
-
-def matmul_rate(model, dtype: torch.dtype, rows: int = 4096, reps: int = 3) -> float:
-    """FLOP/s of the model's own layer matmuls on `[rows, in]` inputs in `dtype` (best of `reps`)."""
-    shapes = [(m.in_features, m.out_features) for m in layer_linears(model)]
-    xs = [torch.randn(rows, k, dtype=dtype) for k, _ in shapes]
-    ws = [torch.randn(k, n, dtype=dtype) for k, n in shapes]
-    flops = sum(2 * rows * k * n for k, n in shapes)
-    best = float("inf")
-    with reuse_heap():
-        for _ in range(reps + 1):
-            t = time.perf_counter()
-            for x, w in zip(xs, ws):
-                x @ w
-            best = min(best, time.perf_counter() - t)
-    return flops / best
 
 
 def model_costs(model) -> dict:

@@ -28,7 +28,8 @@ def text_file(tmp_path):
 
 def test_second_moment_excludes_padding(text_file):
     model = tiny_model("gpt2")
-    s = key_stats(model, 2, corpus=str(text_file), tokens=10_000, batch_size=5, cache=False, progress=False)
+    s = key_stats(model, 2, corpus=str(text_file), tokens=10_000, batch_size=5, forward_dtype=None, cache=False,
+                  progress=False)
     keys = []
     for text in TEXTS * 3:  # one text at a time: no padding at all
         with model.record([model.mlp_key(2)], stop=True) as cache:
@@ -40,8 +41,8 @@ def test_second_moment_excludes_padding(text_file):
     assert s.moment.dtype == torch.float32
     # float64 accumulation is exact given the same keys: one text per batch gives the keys computed
     # above bit for bit (padded batches differ by fp32 rounding, ~4e-7, on some CPUs' kernels)
-    s64 = key_stats(model, 2, corpus=str(text_file), tokens=10_000, dtype=torch.float64, batch_size=1, cache=False,
-                    progress=False)
+    s64 = key_stats(model, 2, corpus=str(text_file), tokens=10_000, dtype=torch.float64, batch_size=1,
+                    forward_dtype=None, cache=False, progress=False)
     assert s64.moment.dtype == torch.float64 and torch.allclose(s64.moment, K.T @ K / K.shape[0], atol=1e-12)
 
 
@@ -68,12 +69,29 @@ def test_cache_provenance_and_resume(text_file):
         full.check(model)
 
 
+def test_forward_dtype_is_recorded_and_caches_are_not_shared(text_file):
+    """A bf16 forward (autocast; sums in float32) is close to the float32 one, and a cache made one
+    way is never read for the other: they live under different names with different provenance."""
+    model = tiny_model("llama")
+    kw = dict(corpus=str(text_file), batch_size=2, max_len=64, tokens=10_000, progress=False)
+    bf16 = key_stats(model, 1, forward_dtype=torch.bfloat16, **kw)
+    fp32 = key_stats(model, 1, forward_dtype=None, **kw)
+    assert bf16.provenance["forward"] == "torch.bfloat16" and fp32.provenance["forward"] == "torch.float32"
+    assert bf16.moment.dtype == fp32.moment.dtype == torch.float32
+    assert not torch.equal(bf16.moment, fp32.moment)
+    assert float((bf16.moment - fp32.moment).norm() / fp32.moment.norm()) < 0.05
+    assert torch.equal(key_stats(model, 1, **kw).moment, bf16.moment)  # "auto": bf16 for float32, its own cache
+    assert torch.equal(key_stats(model, 1, forward_dtype=torch.float32, **kw).moment, fp32.moment)  # = the model's dtype
+
+
 def test_stats_bad_input(tmp_path):
     model = tiny_model("llama")
     with pytest.raises(ValueError, match="float32 or torch.float64"):
         key_stats(model, 1, dtype=torch.float16, progress=False)
     with pytest.raises(ValueError, match="positive"):
         key_stats(model, 1, tokens=0, progress=False)
+    with pytest.raises(ValueError, match="forward_dtype must be"):
+        key_stats(model, 1, forward_dtype=torch.float64, progress=False)
     with pytest.raises(ValueError, match="out of range"):
         key_stats(model, 9, progress=False)
     with pytest.raises(FileNotFoundError):

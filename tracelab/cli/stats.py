@@ -17,6 +17,9 @@ def register(subparsers) -> None:
     p.add_argument("--tokens", type=int, default=100_000, help="corpus tokens (default 100000)")
     p.add_argument("--corpus", default="wordnet", help="wordnet (default, offline), a .txt/.jsonl file, or hf:NAME[:CONFIG[:SPLIT]]")
     p.add_argument("--float64", action="store_true", help="accumulate in float64 (default float32)")
+    p.add_argument("--forward-dtype", choices=("auto", "model", "bfloat16"), default="auto",
+                   help="dtype of the forward pass: auto (bfloat16 autocast for a float32 model; the sums stay "
+                        "float32), the model's own, or bfloat16")
     add_model_options(p)
     p.set_defaults(func=run)
 
@@ -36,7 +39,8 @@ def run(args) -> int:
     model = load(args)
     start = time.perf_counter()
     stats = key_stats(model, [layers] if isinstance(layers, int) else layers, corpus=args.corpus,
-                      tokens=args.tokens, dtype=torch.float64 if args.float64 else torch.float32)
+                      tokens=args.tokens, dtype=torch.float64 if args.float64 else torch.float32,
+                      forward_dtype={"auto": "auto", "model": None, "bfloat16": torch.bfloat16}[args.forward_dtype])
     if rank() == 0:
         where = f" on {torch.distributed.get_world_size()} processes" if distributed else ""
         print(f"{'layer':>5} {'tokens':>8}  corpus / weights hash   ({time.perf_counter() - start:.1f}s{where})")
