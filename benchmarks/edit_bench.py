@@ -37,7 +37,7 @@ PUBLISHED = "ROME on GPT-2 XL (Meng et al. 2022, CounterFact): ES 100 / PS 96.4 
 def known_records(model, limit_scan: int):
     """(known, unknown) records among the first `limit_scan`, one per subject. The split is cached
     (keyed by the weights' and the records file's hashes): the scan is minutes of forward passes."""
-    from tracelab.editing.stats import weights_hash
+    from tracelab.editing.toolkit.stats import weights_hash
     from tracelab.evaluation import read_records
     from tracelab.models.loading import cache_dir
 

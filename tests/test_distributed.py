@@ -11,7 +11,7 @@ import torch
 import torch.multiprocessing as mp
 
 from tracelab.editing import key_stats
-from tracelab.editing.stats import KeyStats
+from tracelab.editing.toolkit.stats import KeyStats
 from tracelab.models.tiny import tiny_model
 
 LAYERS, TOKENS = [1, 2], 3000

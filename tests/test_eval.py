@@ -63,7 +63,7 @@ def test_evaluate_conventions_on_a_tiny_model(tmp_path):
     path = hurt.save(tmp_path / "res.json")
     assert EvalResult.load(path).summary == hurt.summary
     assert "rome.efficacy_score" in hurt.table()
-    with pytest.raises(ValueError, match="unknown intervention"):
+    with pytest.raises(ValueError, match="unknown method .mend.: registered methods are"):
         evaluate(model, [FLAT], "mend", progress=False)
 
 

@@ -69,6 +69,19 @@ def test_cache_provenance_and_resume(text_file):
         full.check(model)
 
 
+def test_a_damaged_cache_is_reported_with_its_path_and_recomputed(text_file, tmp_path, monkeypatch):
+    monkeypatch.setenv("TRACELAB_CACHE", str(tmp_path / "cache"))
+    model = tiny_model("llama")
+    kw = dict(corpus=str(text_file), batch_size=2, max_len=64, tokens=10_000, progress=False)
+    good = key_stats(model, 1, **kw)
+    (cached,) = (tmp_path / "cache").rglob("layer01-*.safetensors")
+    cached.write_bytes(cached.read_bytes()[:1000])  # truncated
+    with pytest.warns(UserWarning, match=rf"{cached.stem}.safetensors cannot be read.*recomputing"):
+        again = key_stats(model, 1, **kw)
+    assert torch.allclose(again.moment, good.moment, atol=1e-6)
+    assert torch.equal(key_stats(model, 1, **kw).moment, again.moment)  # rewritten, read back
+
+
 def test_forward_dtype_is_recorded_and_caches_are_not_shared(text_file):
     """A bf16 forward (autocast; sums in float32) is close to the float32 one, and a cache made one
     way is never read for the other: they live under different names with different provenance."""

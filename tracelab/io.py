@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -50,10 +51,35 @@ def save_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], meta
     return stem
 
 
+class UnreadableFile(ValueError):
+    """A saved file exists but cannot be read (truncated, overwritten, not what it claims to be)."""
+
+
 def load_tensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Read what `save_tensors` wrote: `(tensors, meta)`."""
+    """Read what `save_tensors` wrote: `(tensors, meta)`. FileNotFoundError when it is not there,
+    `UnreadableFile` (naming the file) when it is there but cannot be read."""
     stem = _stem(path)
     if not stem.with_suffix(".json").is_file():
         raise FileNotFoundError(f"no saved result at {stem} (expected {stem}.json and {stem}.safetensors)")
-    meta = json.loads(stem.with_suffix(".json").read_text())
-    return load_file(stem.with_suffix(".safetensors")), meta
+    try:
+        meta = json.loads(stem.with_suffix(".json").read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UnreadableFile(f"{stem}.json is not valid JSON ({e})") from e
+    try:
+        tensors = load_file(stem.with_suffix(".safetensors"))
+    except Exception as e:  # safetensors raises its own SafetensorError (or OSError) for a damaged file
+        raise UnreadableFile(f"{stem}.safetensors cannot be read ({type(e).__name__}: {e})") from e
+    return tensors, meta
+
+
+def tensor_hash(t: torch.Tensor) -> str:
+    """sha256 of a tensor's bytes (dtype and shape included), first 16 hex digits."""
+    t = t.detach().to("cpu").contiguous()
+    digest = hashlib.sha256(f"{t.dtype}{tuple(t.shape)}".encode())
+    digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()[:16]
+
+
+def tensors_hash(tensors: dict[str, torch.Tensor]) -> str:
+    """One hash of named tensors (sorted by name)."""
+    return hashlib.sha256("".join(f"{k}:{tensor_hash(v)}" for k, v in sorted(tensors.items())).encode()).hexdigest()[:16]

@@ -19,7 +19,13 @@ from .models.loading import as_model
 from .viz.compare import comparison_rows, related_prompts, snapshot
 from .viz.report import html_table
 
-METHOD_CHOICES = ("rome", "memit", "alphaedit")
+
+
+def method_choices() -> list[str]:
+    """The registered methods that edit at a layer (the widget edits at the clicked one)."""
+    from .editing import registry
+
+    return [n for n in registry.names() if registry.get(n).layers != "none"]
 
 
 class TraceExplorer:
@@ -54,7 +60,9 @@ class TraceExplorer:
             trace.on_click(self._on_click)
         self.info = w.HTML("Click a cell of the heatmap to select a layer and token.")
         self.target = w.Text(description="new target", placeholder="e.g. Rome")
-        self.method = w.Dropdown(options=METHOD_CHOICES, value="rome", description="method")
+        from .editing.methods import DEFAULT
+
+        self.method = w.Dropdown(options=method_choices(), value=DEFAULT, description="method")
         self.edit_button = w.Button(description="Edit at layer …", disabled=True, button_style="primary")
         self.undo_button = w.Button(description="Undo", disabled=True)
         self.output = w.HTML()

@@ -67,7 +67,7 @@ def run(args) -> int:
     before_weights = {k: v.clone() for k, v in model.hf.state_dict().items()}
     before = snapshot(model, prompts, targets)
     change = edit(model, subject=fact["subject"], prompt=fact["prompt"].replace(fact["subject"], "{}", 1),
-                  target=fact["new_target"], method="rome", layer=layer)
+                  target=fact["new_target"], layer=layer)
     try:
         after = snapshot(model, prompts, targets)
     finally:

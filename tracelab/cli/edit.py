@@ -1,4 +1,4 @@
-"""`tracelab edit --subject S --prompt "{} is in" --target T [--method rome] [--layer auto] [--save DIR]`."""
+"""`tracelab edit --subject S --prompt "{} is in" --target T [--method M] [--layer auto] [--save DIR]`."""
 
 from __future__ import annotations
 
@@ -6,11 +6,14 @@ from ._common import add_model_options, load
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("edit", help="edit a fact with ROME/MEMIT/AlphaEdit; show before/after; save the journal")
+    from ..editing import registry
+    from ..editing.methods import DEFAULT
+
+    p = subparsers.add_parser("edit", help="edit a fact with a registered method; show before/after; save the journal")
     p.add_argument("--subject", required=True, help="the entity, e.g. 'The Eiffel Tower'")
     p.add_argument("--prompt", required=True, help="template with {} for the subject, e.g. '{} is located in the city of'")
     p.add_argument("--target", required=True, help="the new answer, e.g. 'Rome'")
-    p.add_argument("--method", default="rome", choices=["rome", "memit", "alphaedit"])
+    p.add_argument("--method", default=DEFAULT, choices=registry.names())
     p.add_argument("--layer", default="auto", help="layer index, a range 'A-B' (MEMIT), or 'auto' (trace first)")
     p.add_argument("--corpus", default="wordnet", help="statistics corpus: wordnet (default), a .txt/.jsonl file, hf:NAME")
     p.add_argument("--stats-tokens", type=int, default=100_000, help="tokens for the key statistics (cached)")
@@ -45,7 +48,7 @@ def run(args) -> int:
     before = {p: model.predict(p, 1)[0] for p in prompts}
     layer = parse_layer(args.layer)
     e = edit(model, subject=args.subject, prompt=args.prompt, target=args.target, method=args.method,
-             layer=layer if not isinstance(layer, list) or args.method != "rome" else layer[0],
+             **({"layers": layer} if isinstance(layer, list) else {"layer": layer}),
              corpus=args.corpus, stats_tokens=args.stats_tokens)
     print(f"{args.method} edit at layer(s) {e.layers}: norms {e.info.get('norms')}, "
           f"time {e.info.get('total_seconds', 0):.1f}s {e.info.get('seconds', {})}")

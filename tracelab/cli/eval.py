@@ -1,4 +1,4 @@
-"""`tracelab eval --records FILE --method rome --limit N [--layer L] [--out results.json]`."""
+"""`tracelab eval --records FILE|SUITE --method M --limit N [--layer L] [--mode sequential] [--out results.json]`."""
 
 from __future__ import annotations
 
@@ -7,9 +7,20 @@ from .edit import parse_layer
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("eval", help="score an editing method on CounterFact / zsRE records (table + JSON)")
-    p.add_argument("--records", required=True, help="CounterFact (nested or EasyEdit flat) or zsRE JSON/JSONL file")
-    p.add_argument("--method", default="rome", choices=["none", "rome", "memit", "alphaedit"])
+    from ..editing import registry
+    from ..editing.methods import DEFAULT
+    from ..evaluation import suite_names
+    from ..evaluation.runner import MODES
+
+    p = subparsers.add_parser("eval", help="score an editing method on a suite's cases (table + JSON)")
+    p.add_argument("--records", required=True,
+                   help=f"CounterFact (nested or EasyEdit flat), zsRE or known-facts JSON/JSONL file, or a suite name "
+                        f"({', '.join(suite_names())}: its default data)")
+    p.add_argument("--method", default=DEFAULT, choices=["none", *registry.names()])
+    p.add_argument("--suite", default=None, choices=suite_names(), help="how cases are scored (default: from the records)")
+    p.add_argument("--mode", default=None, choices=MODES, help="single / batch / sequential (default: by the method)")
+    p.add_argument("--checkpoints", default="1,10,100,1000", help="sequential mode: score after these many edits")
+    p.add_argument("--batch-size", type=int, default=1, help="sequential mode: requests per edit")
     p.add_argument("--limit", type=int, default=20, help="first N records (default 20)")
     p.add_argument("--layer", default="auto", help="layer, 'A-B' range, or 'auto'")
     p.add_argument("--stats-tokens", type=int, default=100_000)
@@ -27,7 +38,9 @@ def run(args) -> int:
     layer = parse_layer(args.layer)
     kwargs = {} if method is None else {"stats_tokens": args.stats_tokens,
                                         ("layers" if isinstance(layer, list) else "layer"): layer}
-    res = evaluate(model, args.records, method, limit=args.limit, generation=args.generation, **kwargs)
+    checkpoints = tuple(int(c) for c in args.checkpoints.split(","))
+    res = evaluate(model, args.records, method, suite=args.suite, mode=args.mode, checkpoints=checkpoints,
+                   batch_size=args.batch_size, limit=args.limit, generation=args.generation, **kwargs)
     print(res.table())
     if args.out:
         print(f"results written to {res.save(args.out)}")

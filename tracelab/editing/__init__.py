@@ -1,25 +1,35 @@
-"""Locate-then-edit: ROME, MEMIT and AlphaEdit weight edits, key statistics, and the journal.
+"""Editing: any registered method, applied as reversible Changes recorded in the model's journal.
 
     >>> import tracelab as tl
     >>> e = tl.edit(model, subject="The Eiffel Tower", prompt="{} is located in the city of",
     ...             target="Rome", method="rome", layer=5)
     >>> tl.journal(model).edits, e.info["norms"]
-    >>> e.undo()                                   # weights back, bit for bit
+    >>> e.undo()                                   # back, bit for bit
 
-Modules: `requests` (Request), `stats` + `corpus` (key second moments), `keys` (k*), `values`
-(v*/z optimisation), `rome`, `memit`, `alphaedit`, `delta` (WeightDelta), `journal`, `api` (edit).
+Modules: `api` (edit), `registry` (Method, register, names), `changes` (ParamDelta, HookPatch,
+PromptContext), `journal` (Edit, Journal, transactions), `requests` (Request), `methods/` (one
+module per method), `toolkit/` (what the locate-then-edit methods share: key statistics and their
+corpus, k*, v*/z, float64 solves).
 """
 
-from .alphaedit import AlphaEditParams
-from .api import METHODS, edit
-from .corpus import Corpus, corpus
-from .delta import WeightDelta
+from . import registry
+from .api import edit
+from .changes import (
+           Change,
+           HookPatch,
+           ParamDelta,
+           PatchModule,
+           PromptContext,
+           register_patch,
+)
 from .journal import Edit, Journal, journal
-from .memit import MemitParams
+from .methods import AlphaEditParams, MemitParams, RomeParams
+from .registry import Method, register
 from .requests import Request
-from .rome import RomeParams
-from .stats import KeyStats, key_stats
-from .values import ValueParams
+from .toolkit.corpus import Corpus, corpus
+from .toolkit.stats import KeyStats, key_stats
+from .toolkit.values import ValueParams
 
-__all__ = ["AlphaEditParams", "Corpus", "Edit", "Journal", "KeyStats", "METHODS", "MemitParams", "Request",
-           "RomeParams", "ValueParams", "WeightDelta", "corpus", "edit", "journal", "key_stats"]
+__all__ = ["AlphaEditParams", "Change", "Corpus", "Edit", "HookPatch", "Journal", "KeyStats", "MemitParams",
+           "Method", "ParamDelta", "PatchModule", "PromptContext", "Request", "RomeParams", "ValueParams",
+           "corpus", "edit", "journal", "key_stats", "register", "register_patch", "registry"]

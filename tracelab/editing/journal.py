@@ -1,11 +1,17 @@
-"""The journal: every weight change tracelab makes to a model, in order, undoable bit for bit.
+"""The journal: every change tracelab makes to a model, in order, undoable bit for bit.
 
     >>> e = tracelab.edit(model, subject="The Eiffel Tower", prompt="{} is in", target="Rome")
     >>> journal(model).edits[-1] is e
     True
-    >>> journal(model).save("edits/")            # deltas (safetensors) + journal.json
+    >>> with journal(model).suspended():         # the unedited model, whatever kinds of change
+    ...     base = model.predict("The Eiffel Tower is in")
+    >>> journal(model).save("edits/")            # changes (safetensors) + JSON, with hashes
     >>> e.undo()                                 # or journal(model).undo_all()
-    >>> Journal.load("edits/").apply(fresh_model)  # replay (checks the base weight hashes)
+    >>> Journal.load("edits/").apply(fresh_model)  # replay, checking every hash
+
+An `Edit` is one call of a method: its requests, layers, hyperparameters and `changes` (see
+`changes`). A `Transaction` applies a method's changes; if anything fails or a weight becomes
+non-finite, it reverts them all, so an edit that fails changes nothing.
 """
 
 from __future__ import annotations
@@ -23,67 +29,95 @@ import torch
 from ..io import atomic_write, load_tensors, save_tensors
 from ..models import Model
 from ..models.loading import as_model
-from .delta import WeightDelta, tensor_hash
+from .changes import FORMAT, Change, ParamDelta, load_change
 from .requests import Request
 
 
 @dataclass(eq=False)
 class Edit:
-    """One applied edit: its method, requests, layers, hyperparameters and weight deltas.
+    """One applied edit: its method, requests, layers, hyperparameters and changes.
 
         >>> e = tracelab.edit(model, subject="Lyon", prompt="{} is in", target="Italy")
         >>> e.method, e.layers, e.info["norms"]       # 'rome', [5], {5: 12.3}
+        >>> e.changes                                 # [ParamDelta('model.layers.5.mlp.down_proj.weight')]
         >>> e.undo()
 
-    `info` holds norms, timings (k*, v*/z optimisation, solve) and per-request losses;
-    `deltas` the `WeightDelta`s in the order they were applied. An edit with no deltas is a
-    no-op (e.g. the model already gave the target).
+    `info` holds timings, norms and per-request losses; `changes` the `Change`s in the order they
+    were applied (`deltas`: the `ParamDelta`s among them). An edit with no changes is a no-op
+    (e.g. the model already gave the target).
     """
 
     method: str
     requests: list[Request]
     layers: list[int]
     hparams: dict[str, Any]
-    deltas: list[WeightDelta] = field(default_factory=list)
+    changes: list[Change] = field(default_factory=list)
     info: dict[str, Any] = field(default_factory=dict)
-    keys: dict[int, torch.Tensor] = field(default_factory=dict, repr=False)
     created: float = field(default_factory=time.time)
     _journal: Any = field(default=None, repr=False, compare=False)
 
     @property
+    def deltas(self) -> list[ParamDelta]:
+        return [c for c in self.changes if isinstance(c, ParamDelta)]
+
+    @property
     def applied(self) -> bool:
-        return any(d.original is not None for d in self.deltas)
+        return any(c.applied for c in self.changes)
 
     def undo(self) -> None:
-        """Restore the weights this edit changed (ValueError if a later edit changed them too)."""
-        if not self.deltas:
+        """Revert this edit's changes (ValueError if a later edit changed the same things)."""
+        if not self.changes:
             return  # a no-op edit
         if self._journal is None:
             raise ValueError("this edit is not in a model's journal (never applied, or loaded from disk)")
         self._journal.undo(self)
 
     def meta(self) -> dict[str, Any]:
-        return {
-            "method": self.method, "requests": [r.to_dict() for r in self.requests], "layers": self.layers,
-            "hparams": self.hparams, "info": _jsonable(self.info), "created": self.created,
-            "deltas": [{"layer": d.layer, "name": d.name, "hash_before": d.hash_before,
-                        "hash_after": d.hash_after, "norm": d.norm} for d in self.deltas],
-        }
+        return {"format": FORMAT, "method": self.method, "requests": [r.to_dict() for r in self.requests],
+                "layers": self.layers, "hparams": self.hparams, "info": _jsonable(self.info),
+                "created": self.created, "changes": [c.record() for c in self.changes]}
 
     def save(self, path: str | Path) -> Path:
-        """`<path>.safetensors` (the deltas) + `<path>.json` (everything else)."""
-        tensors = {f"delta.{i}": d.delta for i, d in enumerate(self.deltas)}
-        tensors.update({f"keys.{l}": k for l, k in self.keys.items()})
+        """`<path>.safetensors` (every change's tensors and state) + `<path>.json` (the rest)."""
+        tensors = {}
+        for i, c in enumerate(self.changes):
+            tensors.update({f"change.{i}.{k}": v for k, v in c.tensors().items()})
+            tensors.update({f"change.{i}.state.{k}": v for k, v in c.state.items()})
         return save_tensors(path, tensors, self.meta())
 
     @classmethod
     def load(cls, path: str | Path) -> Edit:
-        tensors, meta = load_tensors(path)
-        deltas = [WeightDelta(m["layer"], m["name"], tensors[f"delta.{i}"], None, m["hash_before"], m["hash_after"])
-                  for i, m in enumerate(meta["deltas"])]
-        keys = {int(k.split(".")[1]): v for k, v in tensors.items() if k.startswith("keys.")}
+        """A detached edit (not applied); every change's tensors are checked against its saved hash."""
+        tensors, meta = _read(path)
+        changes = []
+        for i, record in enumerate(meta["changes"]):
+            prefix = f"change.{i}."
+            own = {k.removeprefix(prefix): v for k, v in tensors.items() if k.startswith(prefix)}
+            changes.append(load_change(record, own))
         return cls(meta["method"], [Request(**r) for r in meta["requests"]], meta["layers"], meta["hparams"],
-                   deltas, meta["info"], keys, meta["created"])
+                   changes, meta["info"], meta["created"])
+
+
+def _read(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """A saved edit's tensors and JSON, with a clear error for files this version cannot read."""
+    try:
+        tensors, meta = load_tensors(path)
+    except (OSError, ValueError) as e:
+        if isinstance(e, FileNotFoundError):
+            raise
+        raise ValueError(f"cannot read the saved edit at {path}: {e}") from e
+    _check_format(meta.get("format", 1), path)
+    return tensors, meta
+
+
+def _check_format(found: int, where) -> None:
+    if found == FORMAT:
+        return
+    if found > FORMAT:
+        raise ValueError(f"{where} was saved by a newer tracelab (format {found}; this one reads format {FORMAT}): "
+                         "upgrade tracelab to read it")
+    raise ValueError(f"{where} is in format {found} (dense MLP-output deltas, before the Change records); this "
+                     f"tracelab reads format {FORMAT}: redo the edits and save them again")
 
 
 def _jsonable(value):
@@ -101,7 +135,7 @@ class Journal:
 
         >>> j = journal(model)
         >>> j.edits                      # applied edits, oldest first
-        >>> j.undo_all()                 # newest first; weights back bit for bit
+        >>> j.undo_all()                 # newest first; the model is back to its base, bit for bit
         >>> j.save("dir"); Journal.load("dir").apply(other_model)
     """
 
@@ -126,94 +160,93 @@ class Journal:
 
     def undo(self, edit: Edit) -> None:
         """Undo one edit. Refused (ValueError, nothing changed) when a later edit changed one of
-        the same weights: undo that one first (or `undo_all`)."""
+        the same things: undo that one first (or `undo_all`)."""
         if edit not in self.edits:
             raise ValueError("this edit is not in the journal (already undone?)")
         later = self.edits[self.edits.index(edit) + 1:]
-        names = {d.name for d in edit.deltas}
-        blocking = [e for e in later if names & {d.name for d in e.deltas}]
+        targets = {c.target for c in edit.changes}
+        blocking = sorted(targets & {c.target for e in later for c in e.changes})
         if blocking:
             raise ValueError(
-                f"cannot undo this {edit.method} edit: {len(blocking)} later edit(s) changed the same weights "
-                f"({sorted(names & {d.name for e in blocking for d in e.deltas})}); undo them first, newest "
-                "first, or call journal(model).undo_all()"
-            )
-        for d in reversed(edit.deltas):
-            d.revert(self.model)
+                f"cannot undo this {edit.method} edit: later edit(s) changed the same things ({blocking}); undo "
+                "them first, newest first, or call journal(model).undo_all()")
+        for c in reversed(edit.changes):
+            c.revert(self.model)
         self.edits.remove(edit)
         edit._journal = None
 
     def undo_all(self) -> None:
-        """Undo every edit, newest first: the model's weights are back to the base, bit for bit."""
+        """Undo every edit, newest first: the model is back to its base, bit for bit."""
         while self.edits:
             self.undo(self.edits[-1])
 
     @contextmanager
-    def base_weights(self) -> Iterator[None]:
-        """Inside the block the model has its unedited weights (for statistics of the base model)."""
-        model = self.model
-        originals: dict[str, tuple[WeightDelta, torch.Tensor]] = {}
-        for e in self.edits:
-            for d in e.deltas:
-                if d.name not in originals:
-                    originals[d.name] = (d, model.mlp_out_weight(d.layer).param.data.clone())
+    def suspended(self) -> Iterator[Model]:
+        """Inside the block the model is unedited (every kind of change taken out), afterwards
+        exactly as before: for statistics of the base model, "pre" scores, preserved keys."""
+        changes = [c for e in self.edits for c in e.changes]
+        tokens = []
         try:
-            for d, _ in originals.values():
-                model.mlp_out_weight(d.layer).param.data.copy_(d.original)
-            yield
+            for c in reversed(changes):
+                tokens.append((c, c.suspend(self.model)))
+            yield self.model
         finally:
-            for d, current in originals.values():
-                model.mlp_out_weight(d.layer).param.data.copy_(current)
+            for c, token in reversed(tokens):
+                c.resume(self.model, token)
 
-    def past_keys(self, method: str) -> dict[int, torch.Tensor]:
-        """Keys written by the applied edits of `method`, per layer: `{layer: [n, d_mlp]}` (AlphaEdit's K_p)."""
+    def state(self, method: str, key: str) -> dict[int, torch.Tensor]:
+        """Method state saved by the applied edits of `method`, per layer, concatenated:
+        `{layer: [n, ...]}` (AlphaEdit's preserved keys K_p are `state("alphaedit", "keys")`)."""
         out: dict[int, list[torch.Tensor]] = {}
         for e in self.edits:
             if e.method == method:
-                for l, k in e.keys.items():
-                    out.setdefault(l, []).append(k)
-        return {l: torch.cat(ks) for l, ks in out.items()}
+                for c in e.changes:
+                    if key in c.state:
+                        out.setdefault(getattr(c, "layer", None), []).append(c.state[key])
+        return {l: torch.cat(ts) for l, ts in out.items()}
 
     def save(self, directory: str | Path) -> Path:
         """Write each edit (`edit-000.safetensors/.json`) and `journal.json` (the order) to `directory`."""
         directory = Path(directory)
         names = [self.edits[i].save(directory / f"edit-{i:03d}").name for i in range(len(self.edits))]
-        meta = {"model": getattr(self.model, "name", None), "edits": names}
+        meta = {"format": FORMAT, "model": getattr(self.model, "name", None), "edits": names}
         atomic_write(directory / "journal.json", lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2)))
         return directory
 
     @classmethod
     def load(cls, directory: str | Path) -> Journal:
-        """A detached journal read from `directory`; `.apply(model)` replays it."""
+        """A detached journal read from `directory` (hashes of every change checked); `.apply(model)` replays it."""
         directory = Path(directory)
         if not (directory / "journal.json").is_file():
             raise FileNotFoundError(f"no journal at {directory} (expected {directory}/journal.json from Journal.save)")
-        meta = json.loads((directory / "journal.json").read_text())
+        try:
+            meta = json.loads((directory / "journal.json").read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{directory}/journal.json is not valid JSON ({e})") from e
+        _check_format(meta.get("format", 1), directory / "journal.json")
         j = cls()
         j.edits = [Edit.load(directory / name) for name in meta["edits"]]
         return j
 
     def apply(self, model: Model) -> Journal:
-        """Replay these edits on `model`, oldest first, checking that each weight has the hash it had
-        when the edit was made. ValueError (and no weight changed) on a mismatch."""
+        """Replay these edits on `model`, oldest first: each change must fit the model as it is
+        (name, shape, the hash of what it touches) and produce what it produced when it was made.
+        ValueError, and nothing changed, on any mismatch. Returns the model's journal."""
+        model = as_model(model)
         target = journal(model)
         done: list[Edit] = []
         try:
             for e in self.edits:
-                deltas = [WeightDelta(d.layer, d.name, d.delta) for d in e.deltas]
-                for old, new in zip(e.deltas, deltas):
-                    if model.mlp_out_weight(old.layer).name != old.name:
-                        raise ValueError(f"weight {old.name} does not exist in {model.name}")
-                    have = tensor_hash(model.mlp_out_weight(old.layer).param.data)
-                    if have != old.hash_before:
-                        raise ValueError(
-                            f"{old.name} of {model.name} has hash {have}, but the {e.method} edit was made on "
-                            f"weights with hash {old.hash_before}: load the same base model (and replay the "
-                            "journal from its first edit)"
-                        )
-                    new.apply(model)
-                edit = Edit(e.method, e.requests, e.layers, e.hparams, deltas, dict(e.info), e.keys, e.created)
-                done.append(target.record(edit))
+                with transaction(model) as tx:
+                    for c in e.changes:
+                        produced = c.hash_after
+                        c.check(model)
+                        tx.apply(c)
+                        if produced and c.hash_after != produced:
+                            raise ValueError(f"replaying the {e.method} edit gave {c.target} hash {c.hash_after}, "
+                                             f"not {produced} as when it was made; nothing was applied")
+                done.append(target.record(Edit(e.method, e.requests, e.layers, e.hparams, list(e.changes),
+                                               dict(e.info), e.created)))
         except Exception:
             for edit in reversed(done):
                 target.undo(edit)
@@ -236,18 +269,46 @@ def journal(model: Model) -> Journal:
     return _JOURNALS[model]
 
 
-@contextmanager
-def transaction(model: Model) -> Iterator[list[WeightDelta]]:
-    """Collect the deltas an algorithm applies; if it raises, revert them all (no weight changed).
+class Transaction:
+    """Applies changes to `model` and remembers them, so that all can be reverted together.
 
-        >>> with transaction(model) as applied:
-        ...     d = WeightDelta.build(model, 3, delta); d.apply(model); applied.append(d)
+        >>> with transaction(model) as tx:
+        ...     tx.apply(ParamDelta.mlp_out(model, 3, update))   # a method's layer loop (MEMIT)
+        ...     with tx.trial(change): ok = says_target(...)     # applied only inside the block
     """
-    applied: list[WeightDelta] = []
+
+    def __init__(self, model: Model) -> None:
+        self.model, self.changes = model, []
+
+    def apply(self, change: Change) -> Change:
+        change.apply(self.model)
+        self.changes.append(change)
+        if isinstance(change, ParamDelta) and not torch.isfinite(self.model.parameter(change.name)).all():
+            raise ValueError(f"the edit made {change.name} non-finite; no weight was changed")
+        return change
+
+    @contextmanager
+    def trial(self, change: Change) -> Iterator[Change]:
+        """`change` applied inside the block only; the model is exactly as before afterwards."""
+        change.apply(self.model)
+        try:
+            yield change
+        finally:
+            change.revert(self.model)
+
+    def revert_all(self) -> None:
+        for c in reversed(self.changes):
+            if c.applied:
+                c.revert(self.model)
+        self.changes = []
+
+
+@contextmanager
+def transaction(model: Model) -> Iterator[Transaction]:
+    """A `Transaction`: if the block raises, every change it applied is reverted (no weight changed)."""
+    tx = Transaction(model)
     try:
-        yield applied
+        yield tx
     except BaseException:
-        for d in reversed(applied):
-            if d.original is not None:
-                d.revert(model)
+        tx.revert_all()
         raise

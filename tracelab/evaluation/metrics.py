@@ -46,6 +46,7 @@ def score_targets(model: Model, prompts: Sequence[str], targets: Sequence[str], 
     """Teacher-forced scores of `targets[i]` after `prompts[i]` (see `TargetScores`)."""
     if len(prompts) != len(targets):
         raise ValueError(f"{len(prompts)} prompts but {len(targets)} targets")
+    prompts = model.query_text(prompts)  # as the model is asked (after an in-context edit's context)
     out = TargetScores([], [], [])
     pad = model.tokenizer.pad_token_id
     for i in range(0, len(prompts), batch_size):
@@ -90,7 +91,7 @@ def generate(model: Model, prompts: Sequence[str], max_new_tokens: int = 50) -> 
     tok = model.tokenizer
     tok.padding_side = "left"
     try:
-        enc = tok(list(prompts), return_tensors="pt", padding=True)
+        enc = tok(model.query_text(prompts), return_tensors="pt", padding=True)
     finally:
         tok.padding_side = "right"
     with model.native():

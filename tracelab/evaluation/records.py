@@ -1,4 +1,5 @@
-"""Evaluation records from CounterFact (ROME's nested format or EasyEdit's flat one) and zsRE.
+"""Evaluation records from CounterFact (ROME's nested format or EasyEdit's flat one), zsRE and
+known facts (known_1000's shape).
 
     >>> records = read_records("../shared/data/counterfact-edit-sample.json", limit=100)
     >>> r = records[0]
@@ -32,6 +33,7 @@ class Record:
     neighbours: list[tuple[str, str]] = field(default_factory=list)
     generation_prompts: list[str] = field(default_factory=list)
     case_id: Any = None
+    format: str = "counterfact"  # the shape it was read from: counterfact, zsre or known (its suite)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -71,7 +73,7 @@ def to_record(item: Mapping[str, Any] | Record | Request) -> Record:
         prompt = question if question.rstrip().endswith("?") else question + "?"
         request = Request.from_text(prompt, item["subject"], item["alt"], _str(item.get("answers")))
         loc = [(item["loc"].removeprefix("nq question: "), item["loc_ans"])] if item.get("loc") else []
-        return Record(request, _as_list(item.get("rephrase")), loc, [], item.get("case_id"))
+        return Record(request, _as_list(item.get("rephrase")), loc, [], item.get("case_id"), "zsre")
     if "target_new" in item and "prompt" in item:  # CounterFact, EasyEdit's flat format
         request = Request.from_text(item["prompt"], item["subject"], _str(item["target_new"]),
                                     _str(item.get("ground_truth")))
@@ -81,13 +83,17 @@ def to_record(item: Mapping[str, Any] | Record | Request) -> Record:
             loc_answers = loc_answers * len(loc_prompts)
         return Record(request, _as_list(item.get("rephrase_prompt")), list(zip(loc_prompts, map(_str, loc_answers))),
                       [], item.get("case_id"))
+    if "attribute" in item and "subject" in item and "prompt" in item:  # known_1000 / built-in facts
+        request = Request.from_text(item["prompt"], item["subject"], item["attribute"])
+        return Record(request, case_id=item.get("known_id"), format="known")
     if "subject" in item and "target" in item:  # tracelab's own request dicts
         return Record(Request.from_text(item["prompt"], item["subject"], item["target"], item.get("target_true")),
                       _as_list(item.get("paraphrases")), [tuple(n) for n in _as_list(item.get("neighbours"))])
     raise ValueError(
         f"unrecognised evaluation record with keys {sorted(item)}: expected CounterFact "
         "('requested_rewrite', ...), EasyEdit ('prompt', 'subject', 'target_new', 'ground_truth', "
-        "'rephrase_prompt', 'locality_prompt', 'locality_ground_truth') or zsRE ('src', 'alt', 'answers', ...)"
+        "'rephrase_prompt', 'locality_prompt', 'locality_ground_truth'), zsRE ('src', 'alt', 'answers', ...) "
+        "or known facts ('subject', 'attribute', 'prompt')"
     )
 
 
@@ -101,7 +107,11 @@ def read_records(source: str | Path | Iterable[Mapping], limit: int | None = Non
         if not path.is_file():
             raise FileNotFoundError(f"no records file at {path}")
         text = path.read_text(encoding="utf-8")
-        items = [json.loads(l) for l in text.splitlines() if l.strip()] if path.suffix == ".jsonl" else json.loads(text)
+        try:
+            items = [json.loads(l) for l in text.splitlines() if l.strip()] if path.suffix == ".jsonl" else json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path} is not valid {'JSON lines' if path.suffix == '.jsonl' else 'JSON'}: {e} "
+                             "(expected a list of CounterFact, zsRE or known-facts records)") from e
     else:
         items = list(source)
     if not isinstance(items, list):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from .hooks import site_view
 from .wrappers import is_nnsight
 
 
@@ -33,4 +34,4 @@ def site_tensor(value, rows: int, n: int) -> torch.Tensor:
     """A module output as `[rows, n, width]` sharing its storage (the first element of a tuple;
     OPT's flattened `[rows·n, width]` MLP rows viewed back), so in-place writes reach the model."""
     x = value[0] if isinstance(value, tuple) else value
-    return x.view(rows, n, -1) if x.dim() == 2 else x
+    return site_view(x, rows, n)

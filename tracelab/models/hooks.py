@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from typing import Callable, ContextManager, Iterator, Mapping, Sequence
 
 import torch
-from torch import nn
 
 SiteFn = Callable[[torch.Tensor], "torch.Tensor | None"]
 
@@ -55,6 +54,63 @@ def _with_first(value, tensor):
     return (tensor, *value[1:]) if isinstance(value, tuple) else tensor
 
 
+def site_view(x: torch.Tensor, batch: int, pos: int) -> torch.Tensor:
+    """The tensor at a site as `[batch, pos, width]`: some blocks (OPT) run their MLP on flattened
+    `[batch·pos, width]` rows, viewed back here (sharing storage; other tensors as they are)."""
+    return x.view(batch, pos, x.shape[-1]) if x.dim() == 2 and x.shape[0] == batch * pos else x
+
+
+class _Hooks:
+    """Forward hooks at sites that show every site as `[batch, pos, width]` (the shape is noted
+    from the embedding's output in each forward pass); `remove()` takes them all out."""
+
+    def __init__(self, model) -> None:
+        self.model, self.handles, self.batch_pos = model, [], None
+
+        def note_shape(module, args, output):
+            self.batch_pos = tuple(output.shape[:2])
+
+        self.handles.append(model.hf.get_submodule(model.arch.embed).register_forward_hook(note_shape))
+
+    def _call(self, fn: SiteFn, x: torch.Tensor):
+        view = site_view(x, *self.batch_pos) if self.batch_pos else x
+        new = fn(view)
+        return new if new is None or view is x else new.reshape(x.shape)
+
+    def add(self, site: Site, fn: SiteFn | None, stop: bool = False) -> None:
+        def after(value):
+            if fn is not None:
+                new = self._call(fn, _first(value))
+                if new is not None:
+                    value = _with_first(value, new)
+            if stop:
+                raise StopForward
+            return value
+
+        module = self.model.hf.get_submodule(site.module)
+        if site.io == "output":
+            self.handles.append(module.register_forward_hook(lambda module, args, output: after(output)))
+        else:
+            self.handles.append(module.register_forward_pre_hook(lambda module, args: after(args)))
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+        self.handles = []
+
+
+def install(model, site: Site, fn: SiteFn):
+    """Run `fn` at `site` in every forward pass until `.remove()` is called on the returned handle
+    (what a `HookPatch` does while applied; `intervene` is the scoped form).
+
+        >>> handle = install(model, model.mlp_out(5), lambda x: x + v)
+        >>> handle.remove()
+    """
+    hooks = _Hooks(model)
+    hooks.add(site, fn)
+    return hooks
+
+
 @contextmanager
 def intervene(
     model, fns: Mapping[Site, SiteFn], *, stop_after: Site | None = None, native: bool = True
@@ -70,53 +126,20 @@ def intervene(
     `native`: the block runs in `model.native()` (the transformers modules beneath a bridge);
     False where the block runs the user's own calls through their wrapper (`steer`).
     """
-    hf: nn.Module = model.hf
-    handles = []
-    batch_pos: list[torch.Size] = []  # [batch, pos] of the current forward, from the embedding
-
-    def call(fn: SiteFn, x: torch.Tensor):
-        # Some blocks (OPT) run their MLP on flattened [batch*pos, d] rows: show sites as
-        # [batch, pos, d] always.
-        if x.dim() == 2 and batch_pos and x.shape[0] == batch_pos[0].numel():
-            new = fn(x.view(*batch_pos[0], x.shape[-1]))
-            return None if new is None else new.reshape(x.shape[0], -1)
-        return fn(x)
-
-    def make_hook(site: Site, fn: SiteFn | None):
-        def after(value):
-            if fn is not None:
-                new = call(fn, _first(value))
-                if new is not None:
-                    value = _with_first(value, new)
-            if site == stop_after:
-                raise StopForward
-            return value
-
-        if site.io == "output":
-            return "forward", lambda module, args, output: after(output)
-        return "pre", lambda module, args: after(args)
-
     sites = dict(fns)
     if stop_after is not None:
         sites.setdefault(stop_after, None)
+    hooks = _Hooks(model)
     try:
-        def note_shape(module, args, output):
-            batch_pos[:] = [output.shape[:2]]
-
-        handles.append(hf.get_submodule(model.arch.embed).register_forward_hook(note_shape))
         for site, fn in sites.items():
-            module = hf.get_submodule(site.module)
-            kind, hook = make_hook(site, fn)
-            register = module.register_forward_hook if kind == "forward" else module.register_forward_pre_hook
-            handles.append(register(hook))
+            hooks.add(site, fn, stop=site == stop_after)
         try:
             with model.native() if native else nullcontext():
                 yield
         except StopForward:
             pass
     finally:
-        for handle in handles:
-            handle.remove()
+        hooks.remove()
 
 
 @contextmanager

@@ -62,6 +62,9 @@ class Model:
         hf._tracelab_model = self  # load_model/as_model on this module give back this Model
         self.tokenizer = tokenizer
         self._native_depth = 0  # nesting of native() blocks
+        # Applied in-context changes (`editing.changes.PromptContext`): each rewrites the prompts
+        # the model is asked through `query_text`, in order.
+        self.query_rewriters: list = []
         if tokenizer.pad_token_id is None:  # batching needs a pad id; padding is always masked
             tokenizer.pad_token = tokenizer.eos_token
         self.name = name or getattr(config, "_name_or_path", "") or config.model_type
@@ -140,6 +143,31 @@ class Model:
         """The transformers module at dotted `path` of `hf`, beneath any bridge wrapper: where
         its weights are (`model.module(model.arch.final_norm).weight`)."""
         return inner_module(self.hf.get_submodule(path))
+
+    def parameter(self, name: str) -> nn.Parameter:
+        """The parameter at dotted `name` of `hf` (`"model.layers.4.mlp.down_proj.weight"`),
+        beneath any bridge wrapper. ValueError naming what exists when there is none."""
+        path, _, attr = name.rpartition(".")
+        try:
+            module = self.module(path) if path else self.hf
+        except AttributeError:
+            module = None
+        value = getattr(module, attr, None) if module is not None else None
+        if not isinstance(value, torch.Tensor):
+            near = [n for n, _ in self.hf.named_parameters() if n.endswith(attr)][:4]
+            raise ValueError(f"{self.name} has no parameter {name!r} (parameters named like it: {near})")
+        return value
+
+    def query_text(self, prompts_: str | Sequence[str]) -> list[str]:
+        """The texts the model is asked for `prompts_`: each applied in-context change (see
+        `query_rewriters`) rewrites them in order; the prompts themselves when there is none.
+
+            >>> model.query_text("The Eiffel Tower is in")    # ['The Eiffel Tower is in'], or after IKE's demonstrations
+        """
+        texts = [prompts_] if isinstance(prompts_, str) else list(prompts_)
+        for rewriter in self.query_rewriters:
+            texts = [rewriter.query(t) for t in texts]
+        return texts
 
     @property
     def embed(self) -> Site:
@@ -231,7 +259,7 @@ class Model:
     @torch.no_grad()
     def next_token_logits(self, prompts_: str | Sequence[str]) -> torch.Tensor:
         """Logits of the next token after each prompt `[batch, vocab]` (float32)."""
-        batch = self.tokenize(prompts_)
+        batch = self.tokenize(self.query_text(prompts_))
         with self.native():
             logits = self.hf(**batch).logits
         last = batch["attention_mask"].sum(1) - 1
@@ -248,6 +276,7 @@ class Model:
     @torch.no_grad()
     def target_log_prob(self, prompt: str, target: str) -> float:
         """log P(target | prompt), summed over all of the target's tokens (nats)."""
+        (prompt,) = self.query_text(prompt)
         ids = self.target_ids(prompt, target)
         batch = self.tokenize(prompt)
         n = batch["input_ids"].shape[1]

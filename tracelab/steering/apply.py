@@ -17,6 +17,7 @@ from contextlib import ExitStack, contextmanager
 from typing import Iterator, Sequence, Union
 
 import torch
+
 from ..models.loading import as_model
 from .vector import SteeringVector
 

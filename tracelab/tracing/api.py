@@ -17,11 +17,11 @@ from ..models.loading import as_model
 from .budget import batch_tokens, check_budget
 from .corruption import GaussianNoise, TokenReplace
 from .fast import run_fast
-from .walk import unwalkable_layer
 from .metrics import METRICS
 from .naive import run_naive
 from .problem import Problem, warn_unknown
 from .result import KINDS, TraceResult
+from .walk import unwalkable_layer
 
 ENGINES = ("fast", "naive", "nnsight")
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,

@@ -125,7 +125,7 @@ def paper_figures(model, *, facts: int = 6, samples: int = 2, dtype: str | None 
     targets = [result.target, fact["new_target"]]
     before = snapshot(model, prompts, targets)
     e = edit(model, subject=fact["subject"], prompt=fact["prompt"].replace(fact["subject"], "{}", 1),
-             target=fact["new_target"], method="rome", layer=result.peak("mlp"), stats_tokens=stats_tokens,
+             target=fact["new_target"], layer=result.peak("mlp"), stats_tokens=stats_tokens,
              progress=progress)
     try:
         after = snapshot(model, prompts, targets)

@@ -143,7 +143,7 @@ def save_report(page: str, out: str | os.PathLike) -> Path:
 
 
 def write_report(model, out: str | os.PathLike = "report.html", *, fact: Mapping[str, str] | None = None,
-                 new_target: str = "Rome", method: str = "rome", samples: int = 3, dtype: str | None = "bfloat16",
+                 new_target: str = "Rome", method: str | None = None, samples: int = 3, dtype: str | None = "bfloat16",
                  kinds: Sequence[str] = ("resid", "mlp", "attn"), stats_tokens: int = 20_000,
                  progress: bool = True) -> Path:
     """Run the main job on one fact and write the report: trace → edit at the MLP peak → re-trace → undo.
@@ -157,11 +157,13 @@ def write_report(model, out: str | os.PathLike = "report.html", *, fact: Mapping
     returns, even on error. Returns the path of the written page.
     """
     from ..editing import edit as apply_edit
+    from ..editing.methods import DEFAULT
     from ..evaluation import evaluate
     from ..tracing import trace
     from .compare import comparison_metrics, comparison_rows, snapshot
     from .paper import EIFFEL
 
+    method = method or DEFAULT
     fact = dict(fact or EIFFEL)
     missing = [k for k in ("subject", "prompt", "paraphrase", "neighbour") if k not in fact]
     if missing:

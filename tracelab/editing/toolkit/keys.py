@@ -17,9 +17,9 @@ from typing import Sequence
 
 import torch
 
-from ..io import atomic_write
-from ..models import Model, Site, cache_dir
-from .requests import Request
+from ...io import atomic_write
+from ...models import Model, Site, cache_dir
+from ..requests import Request
 
 STARTERS = ("The", "Therefore", "Because", "I", "You")
 _TEMPLATES: dict[tuple, list[str]] = {}

@@ -1,6 +1,6 @@
 """MEMIT: many edits at once, spread over a range of layers (Meng et al. 2023).
 
-    >>> deltas, keys, info = memit_deltas(model, requests, layers=[3, 4, 5], stats=key_stats(model, [3, 4, 5]))
+    >>> changes, info = memit_deltas(model, requests, layers=[3, 4, 5], stats=key_stats(model, [3, 4, 5]))
 
 z_i = h_L + δ_i is the residual at the last layer L that makes request i's target likely (see
 `values`). Then for each layer l in order, with K the requests' keys at l `[d_mlp, n]` and
@@ -8,8 +8,8 @@ R = (z − h_L) / (number of layers left) `[d_model, n]` (the residual still mis
 
     ΔW_l = R Kᵀ (λ C_l + K Kᵀ)⁻¹             (MEMIT eq. 14, solved in float64)
 
-Each ΔW_l is applied before the keys of the next layer are computed (they depend on it). The
-caller applies the deltas inside a `transaction`, so a failure part-way changes no weight.
+Each ΔW_l is applied (through the edit's transaction) before the keys of the next layer are
+computed (they depend on it), so a failure part-way changes no weight.
 """
 
 from __future__ import annotations
@@ -20,13 +20,15 @@ from typing import Callable, Sequence
 
 import torch
 
-from ..models import Model
-from .delta import WeightDelta
-from .keys import context_templates, subject_keys, subject_values
-from .linalg import solve
-from .requests import Request
-from .stats import KeyStats
-from .values import ValueParams, optimise_values
+from ...models import Model
+from ..changes import Change, ParamDelta
+from ..journal import Transaction
+from ..registry import Context, Method, register
+from ..requests import Request
+from ..toolkit.keys import context_templates, subject_keys, subject_values
+from ..toolkit.linalg import solve
+from ..toolkit.stats import KeyStats
+from ..toolkit.values import ValueParams, optimise_values
 
 Solver = Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor]  # (layer, K [d_mlp, n], R [d_model, n]) → ΔW
 
@@ -48,10 +50,11 @@ class MemitParams:
 
 
 def spread_update(model: Model, requests: Sequence[Request], layers: Sequence[int], solver: Solver,
-                  params: MemitParams, applied: list[WeightDelta], progress: bool = True):
+                  params: MemitParams, tx: Transaction, progress: bool = True) -> tuple[list[ParamDelta], dict]:
     """The layer loop shared by MEMIT and AlphaEdit: optimise z at the last layer, then for each
-    layer compute K and R and apply `solver(l, K, R)`. Applied deltas are appended to `applied`.
-    Returns `(keys {layer: K [n, d_mlp]}, info)`."""
+    layer compute K and R, and apply ΔW_l = `solver(l, K, R)` through the transaction `tx` (the
+    next layer's keys depend on it). Each change keeps its layer's keys as `state["keys"]`
+    `[n, d_mlp]`. Returns `(changes, info)`."""
     t0 = time.perf_counter()
     templates = context_templates(model, params.n_templates, params.template_length)
     last = layers[-1]
@@ -59,7 +62,7 @@ def spread_update(model: Model, requests: Sequence[Request], layers: Sequence[in
     z = h0 + delta                                                                   # [n, d_model]
     t1 = time.perf_counter()
     seconds = {"values": t1 - t0, "keys": 0.0, "solve": 0.0}
-    keys = {}
+    changes = []
     for i, l in enumerate(layers):
         t = time.perf_counter()
         K = subject_keys(model, l, requests, templates)                              # [n, d_mlp]
@@ -68,14 +71,11 @@ def spread_update(model: Model, requests: Sequence[Request], layers: Sequence[in
         t = time.perf_counter()
         R = (z - h) / (len(layers) - i)                                              # spread the residual
         update = solver(l, K.T.double(), R.T.double())
-        d = WeightDelta.build(model, l, update.float())
-        d.apply(model)
-        applied.append(d)
-        keys[l] = K
+        changes.append(tx.apply(ParamDelta.mlp_out(model, l, update.float(), state={"keys": K})))
         seconds["solve"] += time.perf_counter() - t
     info = {"seconds": seconds, "loss": vinfo["loss"], "nll": vinfo["nll"], "steps": vinfo["steps"],
             "delta_norm": float(delta.norm(dim=-1).mean()), "v0_norm": float(h0.norm(dim=-1).mean())}
-    return keys, info
+    return changes, info
 
 
 def memit_solver(stats: dict[int, KeyStats], mom2_weight: float) -> Solver:
@@ -87,16 +87,29 @@ def memit_solver(stats: dict[int, KeyStats], mom2_weight: float) -> Solver:
 
 
 def memit_deltas(model: Model, requests: Sequence[Request], layers: Sequence[int], stats: dict[int, KeyStats],
-                 params: MemitParams | None = None, applied: list[WeightDelta] | None = None,
-                 progress: bool = True):
-    """Apply MEMIT for `requests` over `layers`; returns `(applied deltas, keys, info)`.
+                 params: MemitParams | None = None, tx: Transaction | None = None,
+                 progress: bool = True) -> tuple[list[ParamDelta], dict]:
+    """MEMIT for `requests` over `layers`, applied through `tx`; returns `(changes, info)`.
 
-        >>> with transaction(model) as applied:
-        ...     memit_deltas(model, reqs, [3, 4, 5], key_stats(model, [3, 4, 5]), applied=applied)
+        >>> with transaction(model) as tx:
+        ...     memit_deltas(model, reqs, [3, 4, 5], key_stats(model, [3, 4, 5]), tx=tx)
     """
     hp = params or MemitParams()
     for l in layers:
         stats[l].check(model)
-    applied = [] if applied is None else applied
-    keys, info = spread_update(model, requests, layers, memit_solver(stats, hp.mom2_weight), hp, applied, progress)
-    return applied, keys, info
+    return spread_update(model, requests, layers, memit_solver(stats, hp.mom2_weight), hp,
+                         tx or Transaction(model), progress)
+
+
+@register
+class Memit(Method):
+    """MEMIT as a registered method: many requests over a layer range, a `ParamDelta` per layer."""
+
+    name, family, Params = "memit", "locate-then-edit", MemitParams
+    batch, needs, layers = True, ("stats",), "range"
+
+    def apply(self, model: Model, requests: list[Request], layers: list[int], params: MemitParams,
+              ctx: Context) -> list[Change]:
+        changes, info = memit_deltas(model, requests, layers, ctx.stats, params, ctx.tx, ctx.progress)
+        ctx.info.update(info)
+        return changes

@@ -31,13 +31,15 @@ from dataclasses import asdict, dataclass, field, replace
 
 import torch
 
-from ..models import Model
-from .delta import WeightDelta
-from .keys import context_templates, subject_keys
-from .linalg import solve
-from .requests import Request
-from .stats import KeyStats
-from .values import ValueParams, optimise_values, says_target
+from ...models import Model
+from ..changes import Change, ParamDelta
+from ..journal import Transaction
+from ..registry import Context, Method, register
+from ..requests import Request
+from ..toolkit.keys import context_templates, subject_keys
+from ..toolkit.linalg import solve
+from ..toolkit.stats import KeyStats
+from ..toolkit.values import ValueParams, optimise_values, says_target
 
 
 @dataclass
@@ -58,15 +60,17 @@ class RomeParams:
 
 
 def rome_delta(model: Model, request: Request, layer: int, stats: KeyStats, params: RomeParams | None = None,
-               progress: bool = True) -> tuple[torch.Tensor, dict]:
+               progress: bool = True, tx: Transaction | None = None) -> tuple[torch.Tensor, dict]:
     """ΔW `[d_model, d_mlp]` (float32) for one request at `layer`, and info (timings, losses).
 
         >>> d, info = rome_delta(model, Request("Lyon", "{} is in", "Italy"), 5, key_stats(model, 5))
         >>> info["seconds"], info["rounds"]          # {'keys': …, 'values': …, 'solve': …, 'verify': …}, 1
 
-    The model is left as it was (the check of `verify` applies ΔW and puts the weight back bit for bit).
+    The model is left as it was (the check of `verify` applies ΔW as a trial of the transaction
+    `tx` and puts the weight back bit for bit).
     """
     hp = params or RomeParams()
+    tx = tx or Transaction(model)
     stats.check(model)
     t0 = time.perf_counter()
     templates = context_templates(model, hp.n_templates, hp.template_length)
@@ -81,12 +85,12 @@ def rome_delta(model: Model, request: Request, layer: int, stats: KeyStats, para
     values, rounds, reaches_prompt = hp.values, 1, False
     delta, v0, vinfo = _optimise(model, request, layer, templates, values, progress, seconds)
     update = _timed(seconds, "solve", _rank_one, model, layer, v0 + delta, u, k)
-    if hp.verify and not _timed(seconds, "verify", _edited_says, model, layer, update, request):
+    if hp.verify and not _timed(seconds, "verify", _edited_says, model, layer, update, request, tx):
         both = _reaching(C, [k, k_prompt], layer, missing_ok=True)                      # None: k ∥ k_prompt
         if both is not None:  # round 2: the same v*, an update that reaches the plain prompt too
             u, rounds, reaches_prompt = both, 2, True
             update = _timed(seconds, "solve", _rank_one, model, layer, v0 + delta, u, k)
-        if both is None or not _timed(seconds, "verify", _edited_says, model, layer, update, request):
+        if both is None or not _timed(seconds, "verify", _edited_says, model, layer, update, request, tx):
             values, rounds = replace(values, steps=2 * values.steps, stop_nll=values.stop_nll / 4), 3
             delta, v0, vinfo = _optimise(model, request, layer, templates, values, progress, seconds)
             update = _timed(seconds, "solve", _rank_one, model, layer, v0 + delta, u, k)
@@ -143,11 +147,22 @@ def _rank_one(model: Model, layer: int, v_star: torch.Tensor, u: torch.Tensor, k
     return torch.outer(v_star.double() - W @ k.double().to(W.device) - b, u.to(W.device))
 
 
-def _edited_says(model: Model, layer: int, update: torch.Tensor, request: Request) -> bool:
+def _edited_says(model: Model, layer: int, update: torch.Tensor, request: Request, tx: Transaction) -> bool:
     """Whether the model with ΔW applied says the target; the weight is put back bit for bit."""
-    d = WeightDelta.build(model, layer, update.float())
-    d.apply(model)
-    try:
+    with tx.trial(ParamDelta.mlp_out(model, layer, update.float())):
         return says_target(model, request)
-    finally:
-        d.revert(model)
+
+
+@register
+class Rome(Method):
+    """ROME as a registered method: one request, one layer, a rank-one `ParamDelta`."""
+
+    name, family, Params = "rome", "locate-then-edit", RomeParams
+    needs = ("stats",)
+
+    def apply(self, model: Model, requests: list[Request], layers: list[int], params: RomeParams,
+              ctx: Context) -> list[Change]:
+        (request,), (layer,) = requests, layers
+        update, info = rome_delta(model, request, layer, ctx.stats[layer], params, ctx.progress, ctx.tx)
+        ctx.info.update(info)
+        return [ParamDelta.mlp_out(model, layer, update)]

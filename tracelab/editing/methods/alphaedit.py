@@ -1,7 +1,7 @@
 """AlphaEdit: MEMIT's update projected onto the null space of preserved knowledge (Fang et al. 2025).
 
-    >>> deltas, keys, info = alphaedit_deltas(model, requests, [3, 4, 5], key_stats(model, [3, 4, 5]),
-    ...                                       past_keys={3: K3_old, ...})
+    >>> changes, info = alphaedit_deltas(model, requests, [3, 4, 5], key_stats(model, [3, 4, 5]),
+    ...                                  past_keys={3: K3_old, ...})
 
 P projects onto the span of C's small eigenvectors (directions the preserved keys K₀ hardly use),
 so ΔW P K₀ ≈ 0 and what the model knew stays put. With the keys of past AlphaEdit edits K_p
@@ -25,12 +25,14 @@ from typing import Sequence
 
 import torch
 
-from ..models import Model
-from .delta import WeightDelta
+from ...models import Model
+from ..changes import Change, ParamDelta
+from ..journal import Transaction
+from ..registry import Context, Method, register
+from ..requests import Request
+from ..toolkit.stats import KeyStats
+from ..toolkit.values import ValueParams
 from .memit import MemitParams, Solver, spread_update
-from .requests import Request
-from .stats import KeyStats
-from .values import ValueParams
 
 
 @dataclass
@@ -92,16 +94,31 @@ def alphaedit_solver(stats: dict[int, KeyStats], past_keys: dict[int, torch.Tens
 
 def alphaedit_deltas(model: Model, requests: Sequence[Request], layers: Sequence[int], stats: dict[int, KeyStats],
                      past_keys: dict[int, torch.Tensor] | None = None, params: AlphaEditParams | None = None,
-                     applied: list[WeightDelta] | None = None, progress: bool = True):
-    """Apply AlphaEdit for `requests` over `layers`; returns `(applied deltas, keys, info)`.
-    `past_keys {layer: [n_past, d_mlp]}`: keys of earlier edits to protect (see `journal`)."""
+                     tx: Transaction | None = None, progress: bool = True) -> tuple[list[ParamDelta], dict]:
+    """AlphaEdit for `requests` over `layers`, applied through `tx`; returns `(changes, info)`.
+    `past_keys {layer: [n_past, d_mlp]}`: keys of earlier edits to protect (see `Journal.state`)."""
     hp = params or AlphaEditParams()
     for l in layers:
         stats[l].check(model)
-    applied = [] if applied is None else applied
     ranks: dict[int, int] = {}
     null_energy = None if hp.threshold is not None else hp.null_energy
     solver = alphaedit_solver(stats, past_keys or {}, null_energy, hp.threshold, hp.alpha, ranks)
-    keys, info = spread_update(model, requests, layers, solver, hp, applied, progress)
+    changes, info = spread_update(model, requests, layers, solver, hp, tx or Transaction(model), progress)
     info["null_space_dim"] = ranks
-    return applied, keys, info
+    return changes, info
+
+
+@register
+class AlphaEdit(Method):
+    """AlphaEdit as a registered method: MEMIT's layer loop, projected; each change keeps its
+    keys (`state["keys"]`), which later AlphaEdit edits in the journal preserve."""
+
+    name, family, Params = "alphaedit", "locate-then-edit", AlphaEditParams
+    batch, needs, layers = True, ("stats",), "range"
+
+    def apply(self, model: Model, requests: list[Request], layers: list[int], params: AlphaEditParams,
+              ctx: Context) -> list[Change]:
+        past = ctx.journal.state(self.name, "keys")
+        changes, info = alphaedit_deltas(model, requests, layers, ctx.stats, past, params, ctx.tx, ctx.progress)
+        ctx.info.update(info)
+        return changes

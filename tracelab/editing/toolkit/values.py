@@ -34,11 +34,11 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from tqdm.auto import tqdm
 
-from ..heap import reuse_heap
-from ..models import Model
-from ..models.wrappers import forwards_replaced
+from ...heap import reuse_heap
+from ...models import Model
+from ...models.wrappers import forwards_replaced
+from ..requests import Request
 from .keys import last_subject_index
-from .requests import Request
 
 KL_TEMPLATE = "{} is a"
 

@@ -37,13 +37,13 @@ from typing import Any, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from ..distributed import is_distributed, rank, reduce_sum_, world_size
-from ..io import load_tensors, save_tensors
-from ..kernels import accumulate_second_moment
-from ..models import Model, cache_dir
-from ..models.loading import as_model
-from .corpus import Corpus, corpus as get_corpus
-from .delta import tensor_hash
+from ...distributed import is_distributed, rank, reduce_sum_, world_size
+from ...io import UnreadableFile, load_tensors, save_tensors, tensor_hash
+from ...kernels import accumulate_second_moment
+from ...models import Model, cache_dir
+from ...models.loading import as_model
+from .corpus import Corpus
+from .corpus import corpus as get_corpus
 
 DEFAULT_TOKENS = 100_000
 # A float32 model's statistics run their forward in bfloat16 (autocast), summed in float32: 2.3×
@@ -98,10 +98,10 @@ def weights_hash(model: Model, layer: int) -> str:
     as they are in the unedited model (edits in the journal are looked through). Each block's
     weights are hashed as a set of storages, without names, so that a wrapper that renames
     modules or adds views of them (a TransformerLens bridge's q/k/v of GPT-2's c_attn) keeps it."""
-    from .journal import journal
+    from ..journal import journal
 
     digest = hashlib.sha256()
-    with torch.no_grad(), journal(model).base_weights():
+    with torch.no_grad(), journal(model).suspended():
         digest.update(tensor_hash(model.hf.get_submodule(model.arch.embed).weight).encode())
         for l in range(layer + 1):
             whole = {}  # storage → the parameter that covers most of it
@@ -142,7 +142,15 @@ class _Run:
             self._resume()
 
     def _resume(self) -> None:
-        tensors, meta = load_tensors(self.path)
+        try:
+            tensors, meta = load_tensors(self.path)
+            if tensors["sum"].shape != self.sum.shape or not torch.isfinite(tensors["sum"]).all():
+                raise UnreadableFile(f"{self.path}.safetensors holds a sum of shape {tuple(tensors['sum'].shape)} "
+                                     f"(expected {tuple(self.sum.shape)}, finite)")
+            meta["count"], meta["docs"], meta["exhausted"]
+        except (UnreadableFile, KeyError) as e:
+            warnings.warn(f"the cached statistics at {self.path} cannot be read ({e}); recomputing", stacklevel=4)
+            return
         if meta.get("provenance") != self.prov:
             diff = {k: (meta.get("provenance", {}).get(k), v) for k, v in self.prov.items()
                     if meta.get("provenance", {}).get(k) != v}
@@ -211,7 +219,7 @@ def key_stats(
 @torch.no_grad()
 def _accumulate(model: Model, c: Corpus, runs: list[_Run], skip: int, tokens: int, batch_size: int,
                 max_len: int, save_every: int, progress: bool, forward_dtype: torch.dtype | None) -> None:
-    from .journal import journal
+    from ..journal import journal
 
     texts = itertools.islice(c.texts(), skip, None)
     sites = [model.mlp_key(r.layer) for r in runs]
@@ -219,7 +227,7 @@ def _accumulate(model: Model, c: Corpus, runs: list[_Run], skip: int, tokens: in
                unit="tok", disable=not progress or rank() != 0)
     tok = model.tokenizer
     tok.padding_side = "right"
-    with journal(model).base_weights():
+    with journal(model).suspended():
         for step in itertools.count():
             consumed = list(itertools.islice(texts, batch_size))
             if not consumed:

@@ -1,0 +1,98 @@
+"""The evaluation runner's modes and the suites, on a tiny model (and the shared data files)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import tracelab as tl
+from tracelab.editing import MemitParams, RomeParams, ValueParams, journal, key_stats
+from tracelab.evaluation import get_suite, read_records
+from tracelab.models.tiny import tiny_model
+
+RECORDS = [{"subject": s, "prompt": f"The city of {s}", "target_new": t, "ground_truth": "Paris",
+            "rephrase_prompt": f"I went to the city of {s}", "locality_prompt": "The Louvre is in the city of",
+            "locality_ground_truth": "Paris"}
+           for s, t in [("The Eiffel Tower", "Rome"), ("Big Ben", "Berlin"), ("The Colosseum", "Madrid")]]
+FAST_ROME = RomeParams(values=ValueParams(steps=6), n_templates=2, verify=False)
+FAST_MEMIT = MemitParams(values=ValueParams(steps=6, clamp_norm=4.0), n_templates=2, mom2_weight=100.0)
+
+
+@pytest.fixture(scope="module")
+def model_and_stats():
+    model = tiny_model("llama")
+    return model, key_stats(model, [1, 2], tokens=2000, max_len=64, cache=False, progress=False)
+
+
+def _state(model):
+    return {k: v.clone() for k, v in model.hf.state_dict().items()}
+
+
+def test_single_batch_and_sequential_modes(model_and_stats):
+    model, stats = model_and_stats
+    before = _state(model)
+    single = tl.evaluate(model, RECORDS, "rome", layer=2, stats=stats, params=FAST_ROME, progress=False)
+    assert single.meta["mode"] == "single" and all("edit" in r for r in single.rows)
+    batch = tl.evaluate(model, RECORDS, method="memit", layers=[1, 2], stats=stats, params=FAST_MEMIT, progress=False)
+    assert batch.meta["mode"] == "batch" and batch.summary["post"]["prob_new"] > batch.summary["pre"]["prob_new"]
+    seq = tl.evaluate(model, RECORDS, "memit", mode="sequential", checkpoints=(1, 2), layers=[1, 2], stats=stats,
+                      params=FAST_MEMIT, progress=False)
+    assert sorted(seq.checkpoints) == [1, 2, 3] and len(seq.meta["edit_seconds"]) == 3
+    # the checkpoint after all edits is the rows' post
+    assert seq.checkpoints[3]["prob_new"] == pytest.approx(seq.summary["post"]["prob_new"])
+    assert "after 1" in seq.table()
+    chunked = tl.evaluate(model, RECORDS, "memit", mode="sequential", batch_size=2, layers=[1, 2], stats=stats,
+                          params=FAST_MEMIT, progress=False)
+    assert len(chunked.meta["edit_seconds"]) == 2
+    assert all(torch.equal(v, model.hf.state_dict()[k]) for k, v in before.items()) and len(journal(model)) == 0
+
+
+def test_modes_a_method_cannot_run_are_refused(model_and_stats):
+    model, stats = model_and_stats
+    with pytest.raises(ValueError, match="one fact at a time"):
+        tl.evaluate(model, RECORDS, "rome", mode="batch", layer=2, stats=stats, progress=False)
+    with pytest.raises(ValueError, match="unknown mode"):
+        tl.evaluate(model, RECORDS, "rome", mode="parallel", layer=2, stats=stats, progress=False)
+    with pytest.raises(ValueError, match="facts to keep"):
+        tl.evaluate(model, "known", "rome", layer=2, stats=stats, progress=False)
+    with pytest.raises(ValueError, match="either positionally or as method="):
+        tl.evaluate(model, RECORDS, "rome", method="memit", progress=False)
+    with pytest.raises(ValueError, match="unknown suite"):
+        tl.evaluate(model, RECORDS, suite="fever", progress=False)
+
+
+def test_zsre_suite_token_accuracy():
+    model = tiny_model("llama")
+    cases = get_suite("zsre").read("../shared/data/zsre-sample.json", limit=3)
+    assert cases[0].format == "zsre"
+    res = tl.evaluate(model, "../shared/data/zsre-sample.json", limit=3, progress=False)
+    assert res.meta["suite"] == "zsre"
+    assert set(res.rows[0]["pre"]) == {"easyedit.reliability", "easyedit.generality", "easyedit.locality", "prob_new"}
+    same = tl.evaluate(model, "zsre", lambda: torch.no_grad(), limit=3, progress=False)  # a no-op intervention
+    assert same.summary["post"]["easyedit.locality"] == 100.0
+
+
+def test_known_facts_suite_under_an_edit(model_and_stats):
+    model, stats = model_and_stats
+    e = tl.edit(model, subject="The Eiffel Tower", prompt="The city of {}", target="Rome", layer=2, stats=stats,
+                params=FAST_ROME, progress=False)
+    try:
+        res = tl.evaluate(model, "known", e, limit=5, progress=False)
+    finally:
+        e.undo()
+    assert res.meta["suite"] == "known" and len(res.rows) == 5
+    assert set(res.summary["pre"]) == {"known.top1", "known.accuracy", "known.prob"}
+    known = read_records("../shared/data/known_1000.json", limit=2)
+    assert known[0].format == "known" and known[0].request.target == "Antarctica"
+
+
+def test_bad_records_files_name_themselves(tmp_path):
+    bad = tmp_path / "records.json"
+    bad.write_text("[{\"subject\": ")
+    with pytest.raises(ValueError, match=r"records.json is not valid JSON"):
+        tl.evaluate(tiny_model("llama"), bad, progress=False)
+    bad.write_text(json.dumps([{"question": "?"}]))
+    with pytest.raises(ValueError, match="unrecognised evaluation record"):
+        tl.evaluate(tiny_model("llama"), bad, progress=False)

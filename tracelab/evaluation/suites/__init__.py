@@ -1,0 +1,89 @@
+"""Evaluation suites: which cases an intervention is judged on, and how one case is scored.
+
+    >>> suite = get_suite("zsre")
+    >>> cases = suite.read("../shared/data/zsre-sample.json", limit=50)
+    >>> metrics, reference = suite.score(model, cases[0])          # on the model as it is now
+    >>> suite.score(model, cases[0], reference)                    # after an edit: locality vs before
+
+A `Suite` reads cases (`evaluation.records.Record`: the edit request and the prompts that test
+it) and scores one case on the model as it is; `score` returns the metrics and a reference (what
+the unedited model said, for locality) that the runner passes back when scoring after the edit.
+Metric names keep their convention's prefix (`rome.*`, `easyedit.*`, `known.*`). Suites score
+through `Model.query_text` and the model's forward, so weight, memory and in-context changes are
+scored alike. Register a new one with `@register_suite`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, ClassVar
+
+from ..records import Record, read_records
+
+DATA_ENV = "TRACELAB_DATA"  # where the default data files are looked for (default ../shared/data)
+
+
+class Suite:
+    """One evaluation suite; see the module doc. `edits`: its cases are edit requests (False:
+    facts the model should keep, scored under an intervention made elsewhere). `percent`: its
+    metrics that are shares of cases. `default_file`: read when the suite is named without data."""
+
+    name: ClassVar[str]
+    edits: ClassVar[bool] = True
+    percent: ClassVar[tuple[str, ...]] = ()
+    default_file: ClassVar[str | None] = None
+
+    def __init__(self, generation: bool = False) -> None:
+        self.generation = generation  # also score generated text, where the suite has such a metric
+
+    def read(self, source: Any = None, limit: int | None = None) -> list[Record]:
+        """Cases from a file, a list of dicts/Records, or (None) the suite's default data."""
+        if source is None:
+            source = self._default_source()
+        return read_records(source, limit) if isinstance(source, (str, os.PathLike)) else \
+            read_records(list(source), limit)
+
+    def _default_source(self):
+        if self.default_file is None:
+            raise ValueError(f"the {self.name} suite has no default data: give a records file")
+        path = Path(os.environ.get(DATA_ENV, "../shared/data")) / self.default_file
+        if not path.is_file():
+            raise FileNotFoundError(f"the {self.name} suite reads {self.default_file} from ${DATA_ENV} (default "
+                                    f"../shared/data), but {path} does not exist: set {DATA_ENV} or give the file")
+        return path
+
+    def score(self, model, case: Record, reference: Any = None) -> tuple[dict[str, float | None], Any]:
+        raise NotImplementedError
+
+
+_SUITES: dict[str, type[Suite]] = {}
+
+
+def register_suite(cls: type[Suite]) -> type[Suite]:
+    """Make a `Suite` class available by its `name` (a class decorator)."""
+    _SUITES[cls.name] = cls
+    return cls
+
+
+def get_suite(name: str | Suite, **options) -> Suite:
+    """The suite `name` (an instance made with `options`, e.g. `generation=True`), or `name` itself."""
+    if isinstance(name, Suite):
+        return name
+    if name not in _SUITES:
+        raise ValueError(f"unknown suite {name!r}: registered suites are {suite_names()}")
+    return _SUITES[name](**options)
+
+
+def suite_names() -> list[str]:
+    return sorted(_SUITES)
+
+
+def suite_for(cases: list[Record]) -> str:
+    """The suite of records read from a file: the shape of the first (CounterFact by default)."""
+    return cases[0].format if cases and cases[0].format in _SUITES else "counterfact"
+
+
+from . import counterfact, known, zsre  # noqa: E402,F401  (each registers itself)
+
+__all__ = ["DATA_ENV", "Suite", "get_suite", "register_suite", "suite_for", "suite_names"]
