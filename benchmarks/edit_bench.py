@@ -119,8 +119,9 @@ def save(out: dict, complete: bool = False) -> None:
     """Write what has been measured so far (a crash or a time limit keeps the finished sections)."""
     out["complete"] = complete
     out["peak_rss_GiB"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(out, indent=1))
+    path = Path(out["args"]["out"])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out, indent=1))
 
 
 def main() -> None:
@@ -132,6 +133,7 @@ def main() -> None:
     p.add_argument("--seq-batch", type=int, default=20)
     p.add_argument("--seq-methods", default="alphaedit,memit", help="methods run as sequences")
     p.add_argument("--merge", action="store_true", help="keep the sections of edit.json that this run skips")
+    p.add_argument("--out", default=str(RESULTS), help="where the results go (default benchmarks/results/edit.json)")
     p.add_argument("--layer", type=int, default=4, help="ROME layer")
     p.add_argument("--layers", default="2-6", help="MEMIT/AlphaEdit layers A-B (inclusive)")
     p.add_argument("--stats-tokens", type=int, default=100_000)
@@ -146,7 +148,7 @@ def main() -> None:
     a, b = (int(x) for x in args.layers.split("-"))
     layers = list(range(a, b + 1))
     model = tl.load_model()
-    out = json.loads(RESULTS.read_text()) if args.merge and RESULTS.exists() else {}
+    out = json.loads(Path(args.out).read_text()) if args.merge and Path(args.out).exists() else {}
     out.update({"model": model.name, "args": vars(args), "published": PUBLISHED, "threads": torch.get_num_threads()})
     t = time.perf_counter()
     known, unknown = known_records(model, args.scan)
@@ -199,7 +201,7 @@ def main() -> None:
             print(f"{method} sequential {len(recs)}/{args.seq_batch}: {curve[-1]}", flush=True)
     save(out, complete=True)
     print_table(out)
-    print(f"wrote {RESULTS}")
+    print(f"wrote {args.out}")
 
 
 def print_table(out: dict) -> None:

@@ -41,32 +41,18 @@ class TargetScores:
         return [math.exp(-x) for x in self.mean_nll]
 
 
-@torch.no_grad()
 def score_targets(model: Model, prompts: Sequence[str], targets: Sequence[str], batch_size: int = 32) -> TargetScores:
-    """Teacher-forced scores of `targets[i]` after `prompts[i]` (see `TargetScores`)."""
+    """Teacher-forced scores of `targets[i]` after `prompts[i]`, as the model is asked
+    (`Model.query_text`: after an in-context edit's context); see `TargetScores`."""
     if len(prompts) != len(targets):
         raise ValueError(f"{len(prompts)} prompts but {len(targets)} targets")
-    prompts = model.query_text(prompts)  # as the model is asked (after an in-context edit's context)
     out = TargetScores([], [], [])
-    pad = model.tokenizer.pad_token_id
-    for i in range(0, len(prompts), batch_size):
-        rows = []
-        for p, t in zip(prompts[i:i + batch_size], targets[i:i + batch_size]):
-            ids, tgt = model.tokenizer(p)["input_ids"], model.target_ids(p, t)
-            rows.append((ids + tgt, len(ids), tgt))
-        width = max(len(r[0]) for r in rows)
-        ids = torch.tensor([r[0] + [pad] * (width - len(r[0])) for r in rows], device=model.device)
-        mask = torch.tensor([[1] * len(r[0]) + [0] * (width - len(r[0])) for r in rows], device=model.device)
-        with model.native():
-            logp = model.hf(input_ids=ids, attention_mask=mask).logits.float().log_softmax(-1)
-        for j, (_, n, tgt) in enumerate(rows):
-            at = torch.arange(n - 1, n - 1 + len(tgt), device=model.device)
-            lp = logp[j, at]                                                   # [n_target, vocab]
-            tgt_t = torch.tensor(tgt, device=model.device)
-            out.mean_nll.append(float(-lp[torch.arange(len(tgt)), tgt_t].mean()))
-            am = lp.argmax(-1)
-            out.accuracy.append(float((am == tgt_t).float().mean()))
-            out.argmax.append(am.tolist())
+    for rows, ids in model.target_log_probs(model.query_text(prompts), targets, batch_size):
+        ids = torch.tensor(ids, device=rows.device)
+        out.mean_nll.append(float(-rows[torch.arange(len(ids)), ids].mean()))
+        argmax = rows.argmax(-1)
+        out.accuracy.append(float((argmax == ids).float().mean()))
+        out.argmax.append(argmax.tolist())
     return out
 
 
@@ -85,17 +71,7 @@ def n_gram_entropy(text: str, ns: Sequence[int] = (2, 3), weights: Sequence[floa
     return float(sum(w * e for w, e in zip(weights, entropies)) / sum(weights))
 
 
-@torch.no_grad()
 def generate(model: Model, prompts: Sequence[str], max_new_tokens: int = 50) -> list[str]:
-    """Greedy continuations of `prompts` (left-padded batch), without the prompt."""
-    tok = model.tokenizer
-    tok.padding_side = "left"
-    try:
-        enc = tok(model.query_text(prompts), return_tensors="pt", padding=True)
-    finally:
-        tok.padding_side = "right"
-    with model.native():
-        out = model.hf.generate(input_ids=enc["input_ids"].to(model.device),
-                                attention_mask=enc["attention_mask"].to(model.device),
-                                max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
-    return tok.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+    """Greedy continuations of `prompts` as the model is asked (`query_text`), without the prompt."""
+    _, new = model.generate(model.query_text(prompts), max_new_tokens)
+    return model.tokenizer.batch_decode(new, skip_special_tokens=True)

@@ -20,7 +20,7 @@ from typing import ContextManager, Iterator, Literal, Mapping, Sequence
 import torch
 from torch import nn
 
-from . import hooks, prompts
+from . import hooks, prompts, text
 from .architectures import Architecture, architecture_for
 from .hooks import Site, SiteFn
 from .wrappers import inner_module, is_transformer_lens, transformers_forwards
@@ -238,9 +238,19 @@ class Model:
         texts = [prompts_] if isinstance(prompts_, str) else list(prompts_)
         if not texts or any(not isinstance(t, str) or not t for t in texts):
             raise ValueError(f"prompts must be non-empty strings, got {prompts_!r}")
-        self.tokenizer.padding_side = "right"
-        batch = self.tokenizer(texts, return_tensors="pt", padding=True)
-        return {k: batch[k].to(self.device) for k in ("input_ids", "attention_mask")}
+        return text.padded(self, texts)
+
+    def generate(self, prompts_: Sequence[str], max_new_tokens: int, *, seed: int = 0, **options
+                 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """`(left-padded batch, new ids [batch, max_new_tokens])`; see `text.generate` (greedy
+        unless `options` say otherwise; the prompts as given, not `query_text`)."""
+        return text.generate(self, prompts_, max_new_tokens, seed=seed, **options)
+
+    def target_log_probs(self, prompts_: Sequence[str], targets: Sequence[str], batch_size: int = 32
+                         ) -> list[tuple[torch.Tensor, list[int]]]:
+        """Teacher-forced log-probability rows `[n_target_tokens, vocab]` and ids per pair; see
+        `text.target_log_probs` (the prompts as given, not `query_text`)."""
+        return text.target_log_probs(self, prompts_, targets, batch_size)
 
     def tokens(self, prompt: str) -> list[str]:
         """The prompt's tokens as readable strings (one per position)."""
@@ -273,14 +283,8 @@ class Model:
         values, ids = probs.topk(k)
         return [(self.tokenizer.decode([i]), float(p)) for p, i in zip(values, ids.tolist())]
 
-    @torch.no_grad()
     def target_log_prob(self, prompt: str, target: str) -> float:
-        """log P(target | prompt), summed over all of the target's tokens (nats)."""
-        (prompt,) = self.query_text(prompt)
-        ids = self.target_ids(prompt, target)
-        batch = self.tokenize(prompt)
-        n = batch["input_ids"].shape[1]
-        full = torch.cat([batch["input_ids"], torch.tensor([ids], device=self.device)], dim=1)
-        with self.native():
-            log_probs = self.hf(input_ids=full).logits[0, n - 1 : -1].float().log_softmax(-1)
-        return float(log_probs[torch.arange(len(ids)), torch.tensor(ids)].sum())
+        """log P(target | prompt), summed over all of the target's tokens (nats), as the model is
+        asked (`query_text`)."""
+        ((rows, ids),) = self.target_log_probs(self.query_text(prompt), [target])
+        return float(rows[torch.arange(len(ids)), torch.tensor(ids)].sum())

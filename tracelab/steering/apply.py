@@ -183,23 +183,12 @@ def generate_ids(
     `batch`: the left-padded prompts (`input_ids`, `attention_mask` `[batch, pos]`); `new`:
     the generated ids `[batch, max_new_tokens]` (after an end-of-text token, pad ids).
     """
-    tok = model.tokenizer
-    tok.padding_side = "left"
-    try:
-        batch = {k: v.to(model.device) for k, v in tok(list(prompts), return_tensors="pt", padding=True).items()
-                 if k in ("input_ids", "attention_mask")}
-    finally:
-        tok.padding_side = "right"
-    options = dict(max_new_tokens=max_new_tokens, do_sample=do_sample, pad_token_id=tok.pad_token_id)
+    options = dict(do_sample=do_sample)
     if do_sample:
         options.update(temperature=temperature, top_k=0, top_p=1.0)
     else:
         options.update(temperature=None, top_k=None, top_p=None)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        with model.native():
-            out = model.hf.generate(**batch, **options)
-    return batch, out[:, batch["input_ids"].shape[1]:]
+    return model.generate(list(prompts), max_new_tokens, seed=seed, **options)
 
 
 _steer = steer  # `generate`'s parameter is named `steer`

@@ -50,22 +50,12 @@ def _clean(text: str) -> str:
     return " ".join(text.replace("{", " ").replace("}", " ").split())
 
 
-@torch.no_grad()
 def _generate(model: Model, n: int, length: int, seed: int) -> list[str]:
     if n == 0:
         return []
     starters = [STARTERS[i % len(STARTERS)] for i in range(n)]
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model.tokenizer.padding_side = "left"  # generation continues from the last token
-        enc = model.tokenizer(starters, return_tensors="pt", padding=True)
-        model.tokenizer.padding_side = "right"
-        with model.native():
-            out = model.hf.generate(
-                input_ids=enc["input_ids"].to(model.device), attention_mask=enc["attention_mask"].to(model.device),
-                max_new_tokens=length, do_sample=True, top_k=5, pad_token_id=model.tokenizer.pad_token_id,
-            )
-    return model.tokenizer.batch_decode(out, skip_special_tokens=True)
+    batch, new = model.generate(starters, length, seed=seed, do_sample=True, top_k=5)
+    return model.tokenizer.batch_decode(torch.cat([batch["input_ids"], new], 1), skip_special_tokens=True)
 
 
 def fill(template: str, request: Request) -> tuple[str, int]:

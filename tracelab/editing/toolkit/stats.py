@@ -42,6 +42,7 @@ from ...io import UnreadableFile, load_tensors, save_tensors, tensor_hash
 from ...kernels import accumulate_second_moment
 from ...models import Model, cache_dir
 from ...models.loading import as_model
+from ...models.text import padded
 from .corpus import Corpus
 from .corpus import corpus as get_corpus
 
@@ -225,8 +226,6 @@ def _accumulate(model: Model, c: Corpus, runs: list[_Run], skip: int, tokens: in
     sites = [model.mlp_key(r.layer) for r in runs]
     bar = tqdm(total=tokens, initial=min(runs[0].count, tokens), desc=f"key stats {[r.layer for r in runs]}",
                unit="tok", disable=not progress or rank() != 0)
-    tok = model.tokenizer
-    tok.padding_side = "right"
     with journal(model).suspended():
         for step in itertools.count():
             consumed = list(itertools.islice(texts, batch_size))
@@ -237,8 +236,7 @@ def _accumulate(model: Model, c: Corpus, runs: list[_Run], skip: int, tokens: in
             batch = [t for t in consumed if t.strip()]
             added = 0
             if batch:
-                enc = tok(batch, return_tensors="pt", padding=True, truncation=True, max_length=max_len)
-                enc = {k: enc[k].to(model.device) for k in ("input_ids", "attention_mask")}
+                enc = padded(model, batch, max_length=max_len)
                 mask = enc["attention_mask"].reshape(-1).bool()  # padding excluded
                 added = int(mask.sum())
                 # Under torch.distributed every rank reads every batch (to count its tokens, so all

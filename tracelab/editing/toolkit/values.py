@@ -209,15 +209,10 @@ def _add_at(delta_rows: torch.Tensor, at: torch.Tensor):
     return fn
 
 
-@torch.no_grad()
 def says_target(model: Model, request: Request) -> bool:
     """True when the model's greedy continuation of the request's prompt is its target (all tokens)."""
-    ids = model.target_ids(request.text, request.target)
-    prompt = model.tokenizer(request.text)["input_ids"]
-    full = torch.tensor([prompt + ids], device=model.device)
-    with model.native():
-        predicted = model.hf(input_ids=full).logits[0, len(prompt) - 1:-1].argmax(-1)
-    return predicted.tolist() == ids
+    ((rows, ids),) = model.target_log_probs([request.text], [request.target])
+    return rows.argmax(-1).tolist() == ids
 
 
 def optimise_values(
