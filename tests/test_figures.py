@@ -14,18 +14,20 @@ from tracelab.steering.sweep import SweepResult
 from tracelab.tracing import DatasetTrace, TraceResult
 from tracelab.viz import paper
 from tracelab.viz.compare import Snapshot
+from tracelab.viz.story import eiffel
 
 FIGURES = Path(__file__).resolve().parents[1] / "figures"
 NAMES = ("trace", "average", "edit", "steering")
+EIFFEL = eiffel()
 
 
 def _figures() -> dict:
     g = torch.Generator().manual_seed(0)
     tokens = ["The", " E", "iffel", " Tower", " is", " located", " in", " the", " city", " of"]
-    r = TraceResult(paper.EIFFEL["prompt"], paper.EIFFEL["subject"], " Paris", 7, tokens, (0, 4), "prob",
+    r = TraceResult(EIFFEL["prompt"], EIFFEL["subject"], " Paris", 7, tokens, (0, 4), "prob",
                     {k: torch.rand(3, 30, 10, generator=g) for k in ("resid", "mlp", "attn")}, 0.7, torch.full((3,), 0.02))
     avg = DatasetTrace({k: torch.rand(5, 6, 30, generator=g) for k in ("resid", "mlp", "attn")}, [{}] * 5, 0)
-    prompts = {k: paper.EIFFEL[k] for k in ("prompt", "paraphrase", "neighbour")}
+    prompts = {k: EIFFEL[k] for k in ("prompt", "paraphrase", "neighbour")}
     before = Snapshot(prompts, {}, {k: {"Paris": 0.7, "Rome": 0.01} for k in prompts})
     after = Snapshot(prompts, {}, {k: {"Paris": 0.1, "Rome": 0.8} for k in prompts})
     alphas = torch.tensor([-4.0, 0.0, 4.0])

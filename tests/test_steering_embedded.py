@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+import tracelab as tl
 from tracelab.cli import main
 from tracelab.models.tiny import tiny_model
 from tracelab.steering import caa, contrast_set, evaluate_steering, fact_vector, repe, split, steer
@@ -48,11 +49,11 @@ def test_steering_leaves_logits_exactly_as_before(embedded_clean):
     v = fact_vector(model, "The Eiffel Tower", "{} is located in the city of", "Rome", layer=6)
     assert v.meta["target_true"] == "Paris"
     before = model.next_token_logits([EIFFEL, "The capital of Australia is"])
-    with v.applied(model, alpha=0.5):
+    with tl.steer(model, v, alpha=0.5):
         assert model.predict(EIFFEL, k=1)[0][0] == " Rome"
     assert torch.equal(model.next_token_logits([EIFFEL, "The capital of Australia is"]), before)
     with pytest.raises(KeyError):
-        with v.applied(model, alpha=1.0, positions="after_prompt"):
+        with tl.steer(model, v, alpha=1.0, positions="after_prompt"):
             raise KeyError("error inside the block")
     assert torch.equal(model.next_token_logits([EIFFEL, "The capital of Australia is"]), before)
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.hf.modules())

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from tracelab.tracing import DatasetTrace, TraceResult
-from tracelab.tracing.result import TOKEN_CLASSES
+from tracelab.tracing.names import TOKEN_CLASSES
 from tracelab.viz import dataset_figure, save_figure, trace_figure
 
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from tracelab.heap import reuse_heap
-from tracelab.models.llama_layer import LLAMA_LIKE, LlamaLayers
+from tracelab.tracing.llama_layer import LLAMA_LIKE, LlamaLayers
 from tracelab.models.tiny import tiny_model
 from tracelab.tracing import GaussianNoise
 from tracelab.tracing.api import prepare
@@ -51,7 +51,7 @@ def test_lean_layers_equal_the_replayed_modules(family):
 
 
 def test_lean_layers_only_where_the_layer_is_the_plain_llama_block(monkeypatch):
-    import tracelab.models.llama_layer as llama_layer
+    import tracelab.tracing.llama_layer as llama_layer
 
     assert LlamaLayers.build(tiny_model("gpt2"), torch.float32, 8) is None
     assert LlamaLayers.build(tiny_model("gemma"), torch.float32, 8) is None

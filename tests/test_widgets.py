@@ -7,8 +7,10 @@ import torch
 
 from tracelab import trace
 from tracelab.tracing import TraceResult
-from tracelab.viz.paper import EIFFEL
+from tracelab.viz.story import eiffel
 from tracelab.widgets import TraceExplorer
+
+EIFFEL = eiffel()
 
 
 def click(explorer: TraceExplorer, kind: str, layer: int, token: int) -> None:

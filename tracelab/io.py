@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -83,3 +84,8 @@ def tensor_hash(t: torch.Tensor) -> str:
 def tensors_hash(tensors: dict[str, torch.Tensor]) -> str:
     """One hash of named tensors (sorted by name)."""
     return hashlib.sha256("".join(f"{k}:{tensor_hash(v)}" for k, v in sorted(tensors.items())).encode()).hexdigest()[:16]
+
+
+def slug(text: str) -> str:
+    """A file-name-safe form of `text` (a model name, a corpus id): at most 80 characters."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_")[:80] or "model"

@@ -16,15 +16,14 @@ from typing import Any, Mapping
 import plotly.graph_objects as go
 
 from .models.loading import as_model
-from .viz.compare import comparison_rows, related_prompts, snapshot
+from .tracing.names import SYMBOLS
+from .editing import registry
+from .viz.compare import comparison_rows, related_prompts
 from .viz.report import html_table
-
 
 
 def method_choices() -> list[str]:
     """The registered methods that edit at a layer (the widget edits at the clicked one)."""
-    from .editing import registry
-
     return [n for n in registry.names() if registry.get(n).layers != "none"]
 
 
@@ -92,7 +91,7 @@ class TraceExplorer:
         self.selected = (kind, layer, token)
         low, high = r.ci(kind)
         exact = kind not in r.exact or bool(r.exact[kind][layer, token])
-        metric = {"prob": "p", "log_prob": "log p", "logit_diff": "logit diff"}[r.metric]
+        metric = SYMBOLS[r.metric]
         self.info.value = (
             f"<b>{html.escape(kind)}</b> at layer <b>{layer}</b>, token {token} "
             f"<code>{html.escape(repr(r.tokens[token]))}</code>: restored {metric}({html.escape(r.target.strip())}) = "
@@ -111,8 +110,7 @@ class TraceExplorer:
     def apply_edit(self, _button=None) -> None:
         """Edit the model at the selected layer so the prompt continues with the new target; show
         top predictions before/after and re-trace. Errors are shown in the widget, not raised."""
-        from . import edit as run_edit
-        from . import trace
+        from .viz.story import edit_story
 
         try:
             if self.selected is None:
@@ -124,24 +122,15 @@ class TraceExplorer:
                 raise ValueError("type the new target (e.g. Rome) first")
             _, layer, _ = self.selected
             r = self.original
-            before = snapshot(self.model, self.prompts, [r.target, target])
-            template = r.prompt.replace(r.subject, "{}", 1)
-            s = r.settings
-            options = {k: s[k] for k in ("window", "samples", "seed", "screen") if s.get(k) is not None}
-            options["dtype"] = s.get("dtype")
-            applied = run_edit(self.model, subject=r.subject, prompt=template, target=target,
-                               method=self.method.value, layer=layer, progress=False, **self.edit_options)
-            try:
-                after = snapshot(self.model, self.prompts, [r.target, target])
-                retraced = trace(self.model, r.prompt, r.subject, target, kinds=r.kinds, progress=False, **options)
-            except BaseException:
-                applied.undo()  # a failed press leaves the model as it was
-                raise
-            self.edit = applied
-            self._show(retraced)
-            self.output.value = (f"<b>{self.method.value.upper()} edit at layer {layer}</b>: "
+            story = edit_story(self.model, {"subject": r.subject, "prompt": r.prompt}, target,
+                               method=self.method.value, layer=layer, trace_result=r, prompts=self.prompts,
+                               score=False, keep=True, progress=False, **self.edit_options)
+            self.edit = story.edit
+            self._show(story.retrace)
+            title = registry.get(story.method).title
+            self.output.value = (f"<b>{html.escape(title)} edit at layer {layer}</b>: "
                                  f"{html.escape(r.subject)} → {html.escape(target)}"
-                                 + html_table(comparison_rows(before, after)))
+                                 + html_table(comparison_rows(story.before, story.after)))
         except (ValueError, TypeError) as error:
             self.output.value = f"<span style='color:#b00'>{html.escape(str(error))}</span>"
         finally:

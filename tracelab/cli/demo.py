@@ -1,7 +1,8 @@
 """`tracelab demo`: the main job on the embedded model, end to end.
 
-predict → trace a built-in fact → edit it at the traced layer (ROME) → before/after on the
-prompt, a paraphrase and a neighbour → undo (bit for bit) → report and paper figures.
+predict → trace a built-in fact → edit it at the traced layer (the default method) → before/after
+on the prompt, a paraphrase and a neighbour → re-trace → undo (bit for bit) → report and paper
+figures, which reuse that one trace and edit (`viz.story`).
 """
 
 from __future__ import annotations
@@ -36,11 +37,11 @@ def run(args) -> int:
     import torch
 
     from ..data import builtin_facts
-    from ..editing import edit
-    from ..tracing import trace
-    from ..viz.compare import comparison_rows, snapshot
-    from ..viz.paper import EIFFEL, write_figures
+    from ..editing import registry
+    from ..viz.compare import comparison_rows
+    from ..viz.paper import write_figures
     from ..viz.report import write_report
+    from ..viz.story import edit_story, eiffel
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -52,37 +53,29 @@ def run(args) -> int:
         top = ", ".join(f"{token!r} {prob:.2f}" for token, prob in model.predict(prompt, k=3))
         print(f"  {prompt!r:<50} -> {top}")
 
-    fact = EIFFEL
-    t = _step(f"trace {fact['subject']!r} ({args.samples} noise samples, 3 kinds)")
-    result = trace(model, fact["prompt"], fact["subject"], samples=args.samples, dtype="bfloat16")
-    layer = result.peak("mlp")
-    figures = [result.save(out / "trace.html"), result.save(out / "trace.pdf")]
-    print(f"  target {result.target!r}: p_clean {result.p_clean:.3f}, p_corrupted {result.p_corrupted:.3f}; "
-          f"MLP peak at the last subject token: layer {layer}  ({time.perf_counter() - t:.0f} s)")
-    print(f"  heatmaps: {', '.join(map(str, figures))}")
-
-    t = _step(f"edit at the traced layer {layer}: {fact['subject']} -> {fact['new_target']} (ROME)")
-    prompts = {k: fact[k] for k in ("prompt", "paraphrase", "neighbour") if k in fact}
-    targets = [result.target, fact["new_target"]]
+    fact = eiffel()
+    t = _step(f"trace {fact['subject']!r} ({args.samples} noise samples, 3 kinds), edit it at the traced layer, "
+              "re-trace, undo")
     before_weights = {k: v.clone() for k, v in model.hf.state_dict().items()}
-    before = snapshot(model, prompts, targets)
-    change = edit(model, subject=fact["subject"], prompt=fact["prompt"].replace(fact["subject"], "{}", 1),
-                  target=fact["new_target"], layer=layer)
-    try:
-        after = snapshot(model, prompts, targets)
-    finally:
-        change.undo()
-    for row in comparison_rows(before, after):
+    story = edit_story(model, fact, samples=args.samples, dtype="bfloat16")  # run once: report and figures reuse it
+    r = story.trace
+    figures = [r.save(out / "trace.html"), r.save(out / "trace.pdf")]
+    print(f"  target {r.target!r}: p_clean {r.p_clean:.3f}, p_corrupted {r.p_corrupted:.3f}; "
+          f"MLP peak at the last subject token: layer {story.layer}")
+    print(f"  heatmaps: {', '.join(map(str, figures))}")
+    print(f"  {registry.get(story.method).title} edit at layer {story.layer}: {fact['subject']} -> {story.new_target}")
+    for row in comparison_rows(story.before, story.after):
         print(f"  {row['prompt']:<10} {row['text']!r}\n{'':13}before: {row['top before']}\n{'':13}after:  {row['top after']}")
     restored = all(torch.equal(v, model.hf.state_dict()[k]) for k, v in before_weights.items())
-    print(f"  undo: weights restored bit for bit: {restored}  ({time.perf_counter() - t:.0f} s)")
+    print(f"  undo: weights restored bit for bit: {restored}  ({time.perf_counter() - t:.0f} s: "
+          + ", ".join(f"{k} {v:.0f} s" for k, v in story.seconds.items()) + ")")
     if not restored:
         raise RuntimeError("undo did not restore the weights bit for bit")
 
     t = _step("report")
-    print(f"  {write_report(model, out / 'report.html', progress=False)}  ({time.perf_counter() - t:.0f} s)")
+    print(f"  {write_report(model, out / 'report.html', story=story)}  ({time.perf_counter() - t:.0f} s)")
     if not args.no_figures:
         t = _step("paper figures (PDF, SVG, PNG)")
-        paths = write_figures(model, out / "figures", progress=False)
+        paths = write_figures(model, out / "figures", story=story, progress=False)
         print(f"  {len(paths)} files in {out / 'figures'}  ({time.perf_counter() - t:.0f} s)")
     return 0

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..tracing.names import KINDS
 from ._common import add_model_options, load
-
-KINDS = ("resid", "mlp", "attn")
 
 
 def _trace_options(p) -> None:

@@ -52,7 +52,8 @@ class Context:
 class Method:
     """One editing method. Class attributes declare it; `apply` does it.
 
-    - `name`: what users pass as `method=`; `family`: one of `FAMILIES`.
+    - `name`: what users pass as `method=`; `title`: how tables and figures write it (default
+      the name); `family`: one of `FAMILIES`.
     - `Params`: a dataclass of the paper's defaults (with `to_dict()`); `params=` must be one.
     - `batch`: several requests in one call; `sequential`: edits may stack in one journal.
     - `needs`: what `tl.edit` prepares: "stats" (key statistics at the layers, `ctx.stats`).
@@ -60,6 +61,7 @@ class Method:
     """
 
     name: ClassVar[str]
+    title: ClassVar[str] = ""
     family: ClassVar[str]
     Params: ClassVar[type]
     batch: ClassVar[bool] = False
@@ -100,6 +102,7 @@ def register(cls: type[Method]) -> type[Method]:
         raise ValueError(f"method {cls.name!r}: family {cls.family!r} is not one of {FAMILIES}")
     if cls.layers not in LAYER_RULES:
         raise ValueError(f"method {cls.name!r}: layers {cls.layers!r} is not one of {LAYER_RULES}")
+    cls.title = cls.title or cls.name
     _METHODS[cls.name] = cls()
     return cls
 

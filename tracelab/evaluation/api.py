@@ -45,7 +45,7 @@ def evaluate(
         >>> evaluate(model, "counterfact.json", "rome", limit=50, layer=5)   # edit, score, undo, per record
         >>> evaluate(model, records, "memit", layers=[3, 4, 5])            # all requests in one edit
         >>> evaluate(model, edit)                                           # an applied Edit
-        >>> evaluate(model, "known", lambda: steering_vector.applied(model)) # any context manager
+        >>> evaluate(model, "known", lambda: tl.steer(model, vector, 4.0)) # any context manager
 
     `records`: a file / list in any format `read_records` reads, a suite name ("counterfact",
     "zsre", "known": its default data), or an applied `Edit` (its requests are the records).

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..dtypes import parse_dtype
 from .architectures import ARCHITECTURES, supported_model_types
 from .model import Model
 from .wrappers import unwrap_user_object
@@ -35,17 +36,6 @@ def cache_dir() -> Path:
     if os.environ.get("TRACELAB_CACHE"):
         return Path(os.environ["TRACELAB_CACHE"])
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "tracelab"
-
-
-def _parse_dtype(dtype) -> torch.dtype | None:
-    if dtype is None or isinstance(dtype, torch.dtype):
-        return dtype
-    names = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
-             "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16,
-             "float64": torch.float64}
-    if dtype not in names:
-        raise ValueError(f"unknown dtype {dtype!r}: use one of {sorted(names)} or a torch.dtype")
-    return names[dtype]
 
 
 def embedded_gguf() -> Path:
@@ -130,7 +120,7 @@ def load_model(
     `device_map="auto"` (accelerate) spreads a large model's layers over the available devices
     instead; sites and hooks work across devices (patched values follow the tensor's device).
     """
-    dtype = _parse_dtype(dtype)
+    dtype = parse_dtype(dtype)
     if isinstance(spec, Model):
         return spec
     if device_map is not None and device is not None:

@@ -131,7 +131,7 @@ def repe(
 
         >>> r = repe(model, contrast_set("sentiment").pairs, held_out=0.25)
         >>> r.reading_accuracy[r.best_layer()]     # e.g. 1.0
-        >>> with r.at(r.best_layer()).applied(model, alpha=8.0): ...
+        >>> with steer(model, r.at(r.best_layer()), alpha=8.0): ...
 
     v_l = argmax_{‖v‖=1} Σ_i ((h_l(x⁺_i) − h_l(x⁻_i))·v)², sign so positives project higher; each
     direction is scaled to the mean projected difference, so α means the same as for CAA.

@@ -3,7 +3,7 @@
     >>> r = tl.trace(model, "The Eiffel Tower is located in the city of", subject="The Eiffel Tower")
     >>> v = fact_vector(model, "The Eiffel Tower", "{} is located in the city of", "Rome",
     ...                 layer=choose_layer(r))
-    >>> with v.applied(model, alpha=0.5):
+    >>> with steer(model, v, alpha=0.5):
     ...     model.predict("The Eiffel Tower is located in the city of")   # ' Rome' now leads (0.57)
 """
 
@@ -14,6 +14,7 @@ from typing import Sequence
 
 from tqdm.auto import tqdm
 
+from .apply import steer
 from .directions import caa
 from .vector import SteeringVector
 
@@ -78,7 +79,7 @@ def evaluate_steering(
     for rec in tqdm(recs, desc="evaluate (steer)", disable=not progress):
         r = rec.request
         vector = fact_vector(model, r.subject, r.prompt, r.target, target_true=r.target_true, layer=layer)
-        rows += evaluate(model, [rec], lambda: vector.applied(model, alpha), progress=False).rows
+        rows += evaluate(model, [rec], lambda: steer(model, vector, alpha), progress=False).rows
     return EvalResult(rows, {"model": model.name, "intervention": "steer", "method": "caa-fact", "layer": layer,
                              "alpha": alpha, "positions": "all", "records": len(recs)})
 

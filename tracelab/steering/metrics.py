@@ -2,7 +2,7 @@
 
     >>> m = BehaviourMetric(["I thought the film was"], [" great", " good"], [" bad", " awful"])
     >>> m(model)                                   # [n_prompts] log P(positive) - log P(negative)
-    >>> with v.applied(model, alpha=4.0):
+    >>> with steer(model, v, alpha=4.0):
     ...     m(model).mean()                        # higher when steered towards the positive side
 """
 

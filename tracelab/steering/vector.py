@@ -4,7 +4,7 @@
     >>> v.save("out/sentiment")                    # out/sentiment.safetensors + .json
     >>> w = SteeringVector.load("out/sentiment")
     >>> (v - 0.5 * w).cosine(v)                    # {12: 1.0}
-    >>> with v.applied(model, alpha=4.0):          # add 4·v to blocks.12.resid
+    >>> with steer(model, v, alpha=4.0):            # add 4·v to blocks.12.resid (steering.apply)
     ...     model.predict("I thought the movie was")
 """
 
@@ -14,7 +14,7 @@ import numbers
 import os
 import warnings
 from dataclasses import dataclass, field, replace
-from typing import Any, ContextManager, Sequence
+from typing import Any, Sequence
 
 import torch
 
@@ -171,17 +171,6 @@ class SteeringVector:
             raise ValueError(f"activations end in width {acts.shape[-1]}, this vector has d_model={self.d_model}")
         v = self.directions[layer].to(acts.device, torch.float32)
         return acts.float() @ (v / v.norm().clamp_min(1e-12))
-
-    # ---- use ---------------------------------------------------------------------------------
-    def applied(self, model, alpha: float = 1.0, **kwargs) -> ContextManager[None]:
-        """`steer(model, self, alpha, **kwargs)`: this vector as an intervention for a `with` block.
-
-            >>> with v.applied(model, alpha=4.0, positions="after_prompt"):
-            ...     model.predict("I thought the movie was")
-        """
-        from .apply import steer
-
-        return steer(model, self, alpha, **kwargs)
 
     # ---- files -------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> str:

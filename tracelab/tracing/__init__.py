@@ -6,8 +6,7 @@
     >>> avg = tracelab.trace_dataset(model, facts, out="traces/")  # Figure 2: averages by token class
 """
 
-from .api import trace
-from .attribution import attribute
+from .api import attribute, trace
 from .corruption import GaussianNoise, TokenReplace, embedding_std
 from .dataset import DatasetTrace, trace_dataset
 from .result import TraceResult

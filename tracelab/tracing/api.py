@@ -12,20 +12,21 @@ from typing import Sequence
 
 import torch
 
+from .. import dtypes
 from ..heap import reuse_heap
 from ..models.loading import as_model
+from .attribution import estimate_scores, top_cells
 from .budget import batch_tokens, check_budget
 from .corruption import GaussianNoise, TokenReplace
 from .fast import run_fast
 from .metrics import METRICS
 from .naive import run_naive
+from .names import KINDS
 from .problem import Problem, warn_unknown
-from .result import KINDS, TraceResult
+from .result import TraceResult
 from .walk import unwalkable_layer
 
 ENGINES = ("fast", "naive", "nnsight")
-_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
-           "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
 
 
 def _int(name: str, value, low: int) -> int:
@@ -47,13 +48,8 @@ def check_kinds(kinds) -> tuple[str, ...]:
 
 def resolve_dtype(model, dtype) -> torch.dtype | None:
     """The autocast dtype for `dtype` (None, a torch dtype or a name), or None for the model's own."""
-    if dtype is None:
-        return None
-    if isinstance(dtype, str):
-        if dtype not in _DTYPES:
-            raise ValueError(f"unknown dtype {dtype!r}; use one of {sorted(_DTYPES)}")
-        dtype = _DTYPES[dtype]
-    if dtype == model.dtype:
+    dtype = dtypes.parse_dtype(dtype)
+    if dtype is None or dtype == model.dtype:
         return None
     if dtype not in (torch.bfloat16, torch.float16):
         raise ValueError(f"dtype {dtype} on a {model.dtype} model: autocast can only lower precision "
@@ -118,7 +114,7 @@ def prepare(model, prompt: str, subject: str, target: str | int | None = None, *
         samples = 1
     corrupted = corruption.corrupt(model, ids, span, samples, seed)
     problem = Problem.build(model, ids, span, target_id, corrupted, metric, foil, window, kinds,
-                            dtype_name or str(model.dtype).replace("torch.", ""), last_logits)
+                            dtype_name or dtypes.dtype_name(model.dtype), last_logits)
     warn_unknown(model, prompt, problem.metric.target, problem.clean_top)
     return problem
 
@@ -169,7 +165,7 @@ def trace(model, prompt: str, subject: str, target: str | int | None = None, *,
     if screen is not None:
         _int("screen", screen, 0)
     autocast = resolve_dtype(model, dtype)
-    dtype_name = str(autocast or model.dtype).replace("torch.", "")
+    dtype_name = dtypes.dtype_name(autocast or model.dtype)
     amp = torch.autocast(model.device.type, dtype=autocast) if autocast else contextlib.nullcontext()
     # native (the transformers modules beneath a bridge) entered once, not per restored run; the
     # nnsight engine runs the user's nnsight object as it is
@@ -186,8 +182,6 @@ def trace(model, prompt: str, subject: str, target: str | int | None = None, *,
         cells = {k: (torch.ones(L, n, dtype=torch.bool) if engine == "naive" else computable) for k in kinds}
         estimates = None
         if screen is not None:
-            from .attribution import estimate_scores, top_cells
-
             estimates = estimate_scores(problem)
             cells = {k: top_cells(estimates[k], problem.corrupted_scores, computable, screen) for k in kinds}
         if not any(mask.any() for mask in cells.values()):
@@ -211,3 +205,17 @@ def trace(model, prompt: str, subject: str, target: str | int | None = None, *,
     return TraceResult(prompt, subject, model.tokenizer.decode([target_id]), target_id,
                        [model.tokenizer.decode([i]) for i in problem.ids[0].tolist()], problem.span, metric,
                        scores, problem.clean_score, problem.corrupted_scores, exact, settings)
+
+
+def attribute(model, prompt: str, subject: str, target: str | int | None = None, *,
+              kinds: Sequence[str] | str = KINDS, **kwargs) -> TraceResult:
+    """Attribution-patching estimate of the trace grid (no cell run exactly).
+
+        >>> est = attribute(model, "The Eiffel Tower is located in the city of", "The Eiffel Tower")
+        >>> est.effect("mlp")                # [n_layers, n_tokens] estimated indirect effect
+
+    Takes `trace`'s keyword arguments (corruption, window, metric, samples, seed, dtype);
+    returns a `TraceResult` whose `exact` masks are False except before the subject.
+    """
+    return trace(as_model(model), prompt, subject, target, kinds=kinds, screen=0, **kwargs)
+

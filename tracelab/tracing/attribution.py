@@ -12,14 +12,11 @@ First-order estimate of restoring site x at token t in the corrupted run (Nanda 
 
 from __future__ import annotations
 
-from typing import Sequence
 
 import torch
 
 from ..models.hooks import intervene
-from ..models.loading import as_model
 from .problem import Problem
-from .result import KINDS, TraceResult
 
 
 def _keep(store: dict, name: str):
@@ -64,20 +61,3 @@ def top_cells(estimate: torch.Tensor, corrupted: torch.Tensor, allowed: torch.Te
     if k > 0:
         chosen[effect.flatten().topk(min(k, int(allowed.sum()))).indices] = True
     return chosen.view_as(effect) & allowed
-
-
-def attribute(model, prompt: str, subject: str, target: str | int | None = None, *,
-              kinds: Sequence[str] | str = KINDS, **kwargs) -> TraceResult:
-    """Attribution-patching estimate of the trace grid (no cell run exactly).
-
-        >>> est = attribute(model, "The Eiffel Tower is located in the city of", "The Eiffel Tower")
-        >>> est.effect("mlp")                # [n_layers, n_tokens] estimated indirect effect
-
-    Takes `trace`'s keyword arguments (corruption, window, metric, samples, seed, dtype);
-    returns a `TraceResult` whose `exact` masks are False except before the subject.
-    """
-    model = as_model(model)  # a Model, transformers model, TransformerBridge or nnsight model
-    from .api import trace
-
-    return trace(model, prompt, subject, target, kinds=kinds, screen=0, **kwargs)
-

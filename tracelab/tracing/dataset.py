@@ -24,7 +24,8 @@ from tqdm.auto import tqdm
 from ..io import atomic_write, load_tensors, save_tensors
 from ..models.loading import as_model
 from .api import check_kinds, trace
-from .result import KINDS, TOKEN_CLASSES, TraceResult
+from .names import KINDS, TOKEN_CLASSES
+from .result import TraceResult
 
 
 @dataclass

@@ -126,10 +126,10 @@ class FastEngine:
         >>> engine = FastEngine(problem); scores = engine.run(cells)
     """
 
-    def __init__(self, problem: Problem, lean: bool = True):
+    def __init__(self, problem: Problem):
         self.problem = p = problem
         model = p.model
-        self.walker = w = Walker(model, p.ids, lean=lean)
+        self.walker = w = Walker(model, p.ids)
         clean = p.clean_sites()
         L = p.n_layers
         # input of layer j (j = L: the final residual) [n, d]; sublayer outputs [n, d]

@@ -42,3 +42,4 @@ class Metric:
     @property
     def label(self) -> str:
         return {"prob": "p(target)", "log_prob": "log p(target)", "logit_diff": "logit diff"}[self.name]
+

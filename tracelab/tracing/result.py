@@ -16,11 +16,8 @@ from pathlib import Path
 import torch
 
 from ..io import load_tensors, save_tensors
+from .names import FIGURE_SUFFIXES
 
-KINDS = ("resid", "mlp", "attn")
-KIND_TITLES = {"resid": "hidden state", "mlp": "MLP", "attn": "attention"}
-TOKEN_CLASSES = ("first_subject", "middle_subject", "last_subject", "first_subsequent", "further", "last")
-FIGURE_SUFFIXES = (".pdf", ".svg", ".png", ".html")
 
 
 def token_classes(n_tokens: int, span: tuple[int, int]) -> dict[str, list[int]]:

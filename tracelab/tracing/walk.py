@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from ..models.hooks import intervene
-from ..models.llama_layer import LlamaLayers, Restore, apply_restore
+from .llama_layer import LlamaLayers, Restore, apply_restore
 from ..models.wrappers import forward_signature, layer_takes_named_arguments
 
 _CACHE_ARGS = ("past_key_values", "layer_past", "cache")  # "cache": transformers ≥ 5.24
@@ -73,7 +73,7 @@ class Walker:
         >>> h, kv = walker.run(0, walker.clean_input, start=0)
     """
 
-    def __init__(self, model, ids: torch.Tensor, dtype: torch.dtype | None = None, lean: bool = True):
+    def __init__(self, model, ids: torch.Tensor, lean: bool = True):
         if ids.shape[0] != 1:
             raise ValueError(f"Walker takes one prompt, ids [1, pos]; got {tuple(ids.shape)}")
         self.model, self.n = model, ids.shape[1]
@@ -91,7 +91,7 @@ class Walker:
         self.clean_input = self.calls[0].pop("_hidden")
         for call in self.calls[1:]:
             call.pop("_hidden")
-        self.lean = LlamaLayers.build(model, dtype or compute_dtype(model), self.n) if lean else None
+        self.lean = LlamaLayers.build(model, compute_dtype(model), self.n) if lean else None
 
     def input_of(self, ids: torch.Tensor, embed_fn=None) -> torch.Tensor:
         """Input of layer 0 `[batch, pos, d_model]` for `ids` (positions added, embeddings scaled, as

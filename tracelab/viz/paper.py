@@ -20,7 +20,7 @@ from typing import Mapping
 import plotly.graph_objects as go
 import plotly.io as pio
 
-from .compare import edit_bars, related_prompts, snapshot
+from .compare import edit_bars
 from .export import _browser
 from .trace_figures import dataset_figure, trace_figure
 
@@ -29,9 +29,6 @@ FONT = dict(family="Arial, Helvetica, sans-serif", size=9, color="black")
 TITLE_SIZE = 10
 FORMATS = ("pdf", "svg", "png")
 PNG_SCALE = 3
-# The running example: a built-in fact, its paraphrase and neighbour, and the counterfactual target.
-EIFFEL = {"subject": "The Eiffel Tower", "new_target": "Rome",
-          **related_prompts("The Eiffel Tower is located in the city of", "The Eiffel Tower")}
 
 
 def paper_style(fig: go.Figure, *, height: int, legend_y: float | None = None) -> go.Figure:
@@ -102,43 +99,36 @@ def figure_steering(sweep) -> go.Figure:
 
 def paper_figures(model, *, facts: int = 6, samples: int = 2, dtype: str | None = "bfloat16",
                   stats_tokens: int = 20_000, steer_layer: int | None = None,
-                  alphas=(-8, -4, -2, 0, 2, 4, 8), progress: bool = True) -> dict[str, go.Figure]:
+                  alphas=(-8, -4, -2, 0, 2, 4, 8), story=None, progress: bool = True) -> dict[str, go.Figure]:
     """Compute the four paper figures on `model`: `{"trace", "average", "edit", "steering"}`.
 
         >>> figs = paper_figures(model, facts=10, samples=3)
         >>> figs["average"].show()
+        >>> paper_figures(model, story=edit_story(model))     # reuse a trace and edit already run
 
     `facts`: how many built-in facts the average covers; `samples`: noise samples per trace;
-    `stats_tokens`: corpus tokens for ROME's key statistics (cached); `steer_layer`: the CAA
-    layer (default a third of the way up). The model's weights are back bit for bit on return.
+    `stats_tokens`: corpus tokens for the edit's key statistics (cached); `steer_layer`: the CAA
+    layer (default a third of the way up); `story`: the trace → edit → compare of the running
+    example (`viz.story.edit_story`), told here when not given. The model's weights are back bit
+    for bit on return.
     """
     from ..data import builtin_facts
-    from ..editing import edit
     from ..steering import caa, contrast_set, split
     from ..steering.sweep import sweep
-    from ..tracing import trace, trace_dataset
+    from ..tracing import trace_dataset
+    from .story import edit_story
 
     options = dict(samples=samples, dtype=dtype)
-    fact = EIFFEL
-    result = trace(model, fact["prompt"], fact["subject"], progress=progress, **options)
-    prompts = {k: fact[k] for k in ("prompt", "paraphrase", "neighbour") if k in fact}
-    targets = [result.target, fact["new_target"]]
-    before = snapshot(model, prompts, targets)
-    e = edit(model, subject=fact["subject"], prompt=fact["prompt"].replace(fact["subject"], "{}", 1),
-             target=fact["new_target"], layer=result.peak("mlp"), stats_tokens=stats_tokens,
-             progress=progress)
-    try:
-        after = snapshot(model, prompts, targets)
-    finally:
-        e.undo()
+    if story is None:
+        story = edit_story(model, retrace=False, score=False, stats_tokens=stats_tokens, progress=progress, **options)
     sentiment = contrast_set("sentiment")
     train, _ = split(sentiment.pairs, held_out=0.25)
     layer = steer_layer if steer_layer is not None else model.n_layers // 3
     vector = caa(model, train, layers=[layer], progress=progress)
     swept = sweep(model, vector, list(alphas), sentiment.behaviour, fluency_tokens=10, progress=progress)
     average = trace_dataset(model, builtin_facts(), limit=facts, progress=progress, **options)
-    return {"trace": figure_trace(result), "average": figure_average(average),
-            "edit": figure_edit(before, after), "steering": figure_steering(swept)}
+    return {"trace": figure_trace(story.trace), "average": figure_average(average),
+            "edit": figure_edit(story.before, story.after), "steering": figure_steering(swept)}
 
 
 def export_figures(figures: Mapping[str, go.Figure], out_dir: str | os.PathLike = "figures",

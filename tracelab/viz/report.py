@@ -143,53 +143,48 @@ def save_report(page: str, out: str | os.PathLike) -> Path:
 
 
 def write_report(model, out: str | os.PathLike = "report.html", *, fact: Mapping[str, str] | None = None,
-                 new_target: str = "Rome", method: str | None = None, samples: int = 3, dtype: str | None = "bfloat16",
-                 kinds: Sequence[str] = ("resid", "mlp", "attn"), stats_tokens: int = 20_000,
-                 progress: bool = True) -> Path:
+                 new_target: str = "Rome", method: str | None = None, samples: int = 3,
+                 dtype: str | None = "bfloat16", kinds: Sequence[str] = ("resid", "mlp", "attn"),
+                 stats_tokens: int = 20_000, story=None, progress: bool = True) -> Path:
     """Run the main job on one fact and write the report: trace → edit at the MLP peak → re-trace → undo.
 
         >>> write_report(tracelab.load_model(), "report.html")   # the Eiffel Tower → Rome
         PosixPath('report.html')
+        >>> write_report(model, "report.html", story=edit_story(model))   # a story already told
 
     `fact`: `{"subject", "prompt", "paraphrase", "neighbour"}` (default: the Eiffel Tower, see
-    `tracelab.viz.paper.EIFFEL`); `samples`, `dtype`, `kinds` go to both traces; `stats_tokens`
-    to the edit's key statistics. The model's weights are restored (bit for bit) before it
-    returns, even on error. Returns the path of the written page.
+    `tracelab.viz.story.eiffel`); `method`: a registered editing method (default: the registry's);
+    `samples`, `dtype`, `kinds` go to both traces; `stats_tokens` to the edit's key statistics.
+    `story`: the trace → edit → compare already run (`viz.story.edit_story`, with a re-trace),
+    else it is run here. The model's weights are restored (bit for bit) before it returns, even
+    on error. Returns the path of the written page.
     """
-    from ..editing import edit as apply_edit
-    from ..editing.methods import DEFAULT
-    from ..evaluation import evaluate
-    from ..tracing import trace
-    from .compare import comparison_metrics, comparison_rows, snapshot
-    from .paper import EIFFEL
+    from .compare import comparison_metrics, comparison_rows
+    from .story import edit_story, eiffel
 
-    method = method or DEFAULT
-    fact = dict(fact or EIFFEL)
-    missing = [k for k in ("subject", "prompt", "paraphrase", "neighbour") if k not in fact]
-    if missing:
-        raise ValueError(f"fact lacks {missing}: give subject, prompt, paraphrase and neighbour, e.g. {EIFFEL}")
-    options = dict(samples=samples, dtype=dtype, kinds=kinds, progress=progress)
-    before = trace(model, fact["prompt"], fact["subject"], **options)
-    layer = before.peak("mlp")
-    prompts = {k: fact[k] for k in ("prompt", "paraphrase", "neighbour")}
-    targets = [before.target, new_target]
-    old = snapshot(model, prompts, targets)
-    e = apply_edit(model, subject=fact["subject"], prompt=fact["prompt"].replace(fact["subject"], "{}", 1),
-                   target=new_target, method=method, layer=layer, stats_tokens=stats_tokens, progress=progress)
-    try:
-        new = snapshot(model, prompts, targets)
-        scores = evaluate(model, e, progress=False).summary  # the edit's request: base vs edited weights
-        after = trace(model, fact["prompt"], fact["subject"], new_target, **options)
-    finally:
-        e.undo()
-    metrics = comparison_metrics(old, new)
-    metrics["before"].update(scores.get("pre", {}))
-    metrics["after"].update(scores.get("post", {}))
-    settings = {"model": model.name, "fact": fact, "new target": new_target, "method": method, "layer": layer,
-                "trace": before.settings, "stats_tokens": stats_tokens}
-    page = render_report(title=f"tracelab: {fact['subject']} → {new_target.strip()}",
-                         traces={"before the edit": before, f"after the {method.upper()} edit at layer {layer}": after},
-                         edits=[e], predictions=comparison_rows(old, new), metrics=metrics,
+    if story is None:
+        if fact is not None:
+            missing = [k for k in ("subject", "prompt", "paraphrase", "neighbour") if k not in fact]
+            if missing:
+                raise ValueError(f"fact lacks {missing}: give subject, prompt, paraphrase and neighbour, "
+                                 f"e.g. {eiffel()}")
+        story = edit_story(model, fact, new_target, method=method, samples=samples, dtype=dtype, kinds=kinds,
+                           stats_tokens=stats_tokens, progress=progress)
+    if story.retrace is None:
+        raise ValueError("the report shows the trace after the edit: tell the story with retrace=True")
+    metrics = comparison_metrics(story.before, story.after)
+    metrics["before"].update(story.scores.get("pre", {}))
+    metrics["after"].update(story.scores.get("post", {}))
+    from ..editing import registry
+
+    e, target = story.edit, story.new_target.strip()
+    title = registry.get(e.method).title
+    settings = {"model": model.name, "fact": story.fact, "new target": story.new_target, "method": e.method,
+                "layer": story.layer, "trace": story.trace.settings, "edit": e.hparams, "seconds": story.seconds}
+    page = render_report(title=f"tracelab: {story.fact['subject']} → {target}",
+                         traces={"before the edit": story.trace,
+                                 f"after the {title} edit at layer {story.layer}": story.retrace},
+                         edits=[e], predictions=comparison_rows(story.before, story.after), metrics=metrics,
                          settings=settings,
                          notes=f"{model.name}: where the model recalls the fact, and what editing it there changes.")
     return save_report(page, out)

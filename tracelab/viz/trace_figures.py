@@ -12,9 +12,10 @@ from __future__ import annotations
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from ..tracing.names import KIND_TITLES, SYMBOLS
+
 COLOURS = {"resid": "Purples", "mlp": "Greens", "attn": "Reds"}
 LINE_COLOURS = {"resid": "#6a51a3", "mlp": "#238b45", "attn": "#cb181d"}
-TITLES = {"resid": "hidden state", "mlp": "MLP", "attn": "attention"}
 CLASS_NAMES = {"first_subject": "first subject", "middle_subject": "middle subject",
                "last_subject": "last subject", "first_subsequent": "first subsequent",
                "further": "further tokens", "last": "last token"}
@@ -39,10 +40,10 @@ def trace_figure(result, kinds=None, *, width: int = 520, title: bool = True) ->
     n_tokens, n_layers = len(result.tokens), result.n_layers
     a, b = result.span
     labels = [_label(t, a <= i < b) for i, t in enumerate(result.tokens)]
-    metric = {"prob": "p", "log_prob": "log p", "logit_diff": "logit diff"}[result.metric]
+    metric = SYMBOLS[result.metric]
     target = result.target.strip() or repr(result.target)
     fig = make_subplots(rows=1, cols=len(kinds), shared_yaxes=True, horizontal_spacing=0.035,
-                        subplot_titles=[f"restore {TITLES[k]}" for k in kinds])
+                        subplot_titles=[f"restore {KIND_TITLES[k]}" for k in kinds])
     low = result.p_corrupted
     for col, kind in enumerate(kinds, 1):
         z = result.mean(kind).T  # [n_tokens, n_layers]
@@ -52,7 +53,7 @@ def trace_figure(result, kinds=None, *, width: int = 520, title: bool = True) ->
         fig.add_trace(go.Heatmap(
             z=z.tolist(), x=list(range(n_layers)), y=list(range(n_tokens)), colorscale=COLOURS[kind],
             zmin=min(low, float(z.min())), zmax=max(float(z.max()), low + 1e-6), xgap=0, ygap=0,
-            customdata=note, hovertemplate=f"layer %{{x}}, token %{{y}}<br>{metric}=%{{z:.3f}}<extra>{TITLES[kind]}</extra>",
+            customdata=note, hovertemplate=f"layer %{{x}}, token %{{y}}<br>{metric}=%{{z:.3f}}<extra>{KIND_TITLES[kind]}</extra>",
             colorbar=dict(orientation="h", x=(domain[0] + domain[1]) / 2, xanchor="center", y=-0.2, yanchor="top",
                           len=(domain[1] - domain[0]) * 0.95, thickness=8, tickfont=dict(size=9),
                           title=dict(text=f"{metric}({target})", side="bottom", font=dict(size=10)), nticks=4),
@@ -88,7 +89,7 @@ def dataset_figure(average, kinds=None, *, width: int = 520, bands: bool = True)
     """
     kinds = list(kinds or average.curves)
     fig = make_subplots(rows=1, cols=len(kinds), shared_yaxes=False, horizontal_spacing=0.08,
-                        subplot_titles=[f"restore {TITLES[k]}" for k in kinds])
+                        subplot_titles=[f"restore {KIND_TITLES[k]}" for k in kinds])
     for col, kind in enumerate(kinds, 1):
         mean = average.mean(kind)
         low, high = average.ci(kind)

@@ -113,7 +113,7 @@ class AlphaEdit(Method):
     """AlphaEdit as a registered method: MEMIT's layer loop, projected; each change keeps its
     keys (`state["keys"]`), which later AlphaEdit edits in the journal preserve."""
 
-    name, family, Params = "alphaedit", "locate-then-edit", AlphaEditParams
+    name, title, family, Params = "alphaedit", "AlphaEdit", "locate-then-edit", AlphaEditParams
     batch, needs, layers = True, ("stats",), "range"
 
     def apply(self, model: Model, requests: list[Request], layers: list[int], params: AlphaEditParams,

@@ -105,7 +105,7 @@ def memit_deltas(model: Model, requests: Sequence[Request], layers: Sequence[int
 class Memit(Method):
     """MEMIT as a registered method: many requests over a layer range, a `ParamDelta` per layer."""
 
-    name, family, Params = "memit", "locate-then-edit", MemitParams
+    name, title, family, Params = "memit", "MEMIT", "locate-then-edit", MemitParams
     batch, needs, layers = True, ("stats",), "range"
 
     def apply(self, model: Model, requests: list[Request], layers: list[int], params: MemitParams,

@@ -157,7 +157,7 @@ def _edited_says(model: Model, layer: int, update: torch.Tensor, request: Reques
 class Rome(Method):
     """ROME as a registered method: one request, one layer, a rank-one `ParamDelta`."""
 
-    name, family, Params = "rome", "locate-then-edit", RomeParams
+    name, title, family, Params = "rome", "ROME", "locate-then-edit", RomeParams
     needs = ("stats",)
 
     def apply(self, model: Model, requests: list[Request], layers: list[int], params: RomeParams,

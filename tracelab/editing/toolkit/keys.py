@@ -11,13 +11,13 @@ model with a fixed seed and cached in memory and under `<cache_dir>/context/`.
 from __future__ import annotations
 
 import json
-import re
+import warnings
 from pathlib import Path
 from typing import Sequence
 
 import torch
 
-from ...io import atomic_write
+from ...io import atomic_write, slug
 from ...models import Model, Site, cache_dir
 from ..requests import Request
 
@@ -35,15 +35,28 @@ def context_templates(model: Model, n: int = 5, length: int = 10, seed: int = 0)
     key = (model.name, n, length, seed)
     if key in _TEMPLATES:
         return _TEMPLATES[key]
-    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", model.name)
-    path = cache_dir() / "context" / f"{slug}-n{n}-len{length}-seed{seed}.json"
-    if path.is_file():
-        templates = json.loads(path.read_text())
-    else:
+    path = cache_dir() / "context" / f"{slug(model.name)}-n{n}-len{length}-seed{seed}.json"
+    templates = _read_templates(path, n) if path.is_file() else None
+    if templates is None:
         templates = ["{}"] + [_clean(t) + ". {}" for t in _generate(model, n, length, seed)]
         atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(templates, indent=1)))
     _TEMPLATES[key] = templates
     return templates
+
+
+def _read_templates(path: Path, n: int) -> list[str] | None:
+    """The cached templates, or None (with a warning) when the file is not what `context_templates` wrote."""
+    try:
+        templates = json.loads(path.read_text())
+        if isinstance(templates, list) and len(templates) == n + 1 and all(
+                isinstance(t, str) and t.count("{}") == 1 for t in templates):
+            return templates
+        problem = f"expected {n + 1} templates with one '{{}}' each"
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        problem = f"not valid JSON: {e}"
+    warnings.warn(f"the cached context templates at {path} cannot be used ({problem}); generating them again",
+                  stacklevel=3)
+    return None
 
 
 def _clean(text: str) -> str:

@@ -28,7 +28,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import itertools
-import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +37,8 @@ import torch
 from tqdm.auto import tqdm
 
 from ...distributed import is_distributed, rank, reduce_sum_, world_size
-from ...io import UnreadableFile, load_tensors, save_tensors, tensor_hash
+from ...dtypes import dtype_name
+from ...io import UnreadableFile, load_tensors, save_tensors, slug, tensor_hash
 from ...kernels import accumulate_second_moment
 from ...models import Model, cache_dir
 from ...models.loading import as_model
@@ -90,10 +90,6 @@ class KeyStats:
         return cls(meta["layer"], tensors["moment"], meta["count"], meta["provenance"])
 
 
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_")[:80] or "model"
-
-
 def weights_hash(model: Model, layer: int) -> str:
     """Hash of every weight that `mlp_key(layer)` depends on: the embedding and blocks 0..layer,
     as they are in the unedited model (edits in the journal are looked through). Each block's
@@ -126,8 +122,8 @@ def provenance(model: Model, layer: int, corpus: Corpus | None, dtype: torch.dty
 
 def _path(model: Model, c: Corpus, layer: int, dtype: torch.dtype, forward: torch.dtype) -> Path:
     # a cache computed with one forward dtype is never read for the other: they differ in name
-    name = f"layer{layer:02d}-{str(dtype)[6:]}" + ("" if forward == model.dtype else f"-{str(forward)[6:]}-forward")
-    return cache_dir() / "stats" / _slug(model.name) / _slug(c.id) / name
+    name = f"layer{layer:02d}-{dtype_name(dtype)}" + ("" if forward == model.dtype else f"-{dtype_name(forward)}-forward")
+    return cache_dir() / "stats" / slug(model.name) / slug(c.id) / name
 
 
 class _Run:

@@ -29,12 +29,15 @@ import os
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch import nn
 
 from ..kernels import restore_
-from .wrappers import inner_module
+from ..models.architectures import ARCHITECTURES
+from ..models.wrappers import inner_module
 
-LLAMA_LIKE = ("llama", "mistral", "qwen2", "qwen3")
+# The families whose decoder layer is the plain pre-norm Llama block (model types from the registry)
+LLAMA_LIKE = tuple(t for a in ARCHITECTURES if a.family in ("llama", "qwen") for t in a.model_types)
 
 Restore = tuple[torch.Tensor, torch.Tensor]  # (rows bool [R], value [d_model] or [q, d_model]), see apply_restore
 
@@ -136,12 +139,12 @@ class LlamaLayer:
                        if value.dim() == 2 or q == 1}
             queries, x, start, q = queries[:, -1:], x[:, -1:], n - 1, 1
         # queries of one kv group stacked on the position axis: [R, G, (H/G)·q, hd]
-        grouped = queries.reshape(R, q, G, H // G, hd).permute(0, 2, 3, 1, 4).reshape(R, G, H // G * q, hd)
+        grouped = rearrange(queries, "r q (g h) d -> r g (h q) d", g=G)
         scores = (grouped @ all_keys.transpose(-1, -2)).float()                  # [R, G, (H/G)·q, n]
         causal = torch.arange(n, device=x.device)[None, :] > start + torch.arange(q, device=x.device)[:, None]
         scores.view(R, G, H // G, q, n).masked_fill_(causal, float("-inf"))
         mixed = _softmax_(scores, self.scaling).to(self.dtype) @ all_values      # [R, G, (H/G)·q, hd]
-        mixed = mixed.view(R, G, H // G, q, hd).permute(0, 3, 1, 2, 4).reshape(R, q, H * hd)
+        mixed = rearrange(mixed, "r g (h q) d -> r q (g h d)", q=q)
         attn = _linear(mixed, self.w_o, self.b_o)
         apply_restore(attn, restore.get("attn"))
         h = x.add_(attn)
