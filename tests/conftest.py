@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# The shared data beside the repository (../shared/data), wherever pytest is started from; the
+# suites' default data (`tl.evaluate(model, "zsre")`) is read from the same place.
+SHARED_DATA = Path(os.environ.get("TRACELAB_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
+os.environ["TRACELAB_DATA"] = str(SHARED_DATA)
 
 from tracelab.models.tiny import TINY_FAMILIES, tiny_model  # noqa: E402
 
@@ -38,3 +43,12 @@ def embedded_clean(embedded):
 def tiny(request):
     """A tiny random model of each supported family (parametrised)."""
     return tiny_model(request.param)
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """`../shared/data` beside the repository (or $TRACELAB_DATA), checked to be there."""
+    if not (SHARED_DATA / "counterfact-edit-sample.json").is_file():
+        raise FileNotFoundError(f"the tests read the shared data at {SHARED_DATA} (../shared/data beside the "
+                                "repository, or $TRACELAB_DATA), and it is not there")
+    return SHARED_DATA

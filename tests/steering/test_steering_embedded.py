@@ -80,8 +80,8 @@ def test_cli_prints_generations_and_writes_sweep(tmp_path, capsys):
     assert main(["steer", "--pairs", str(tmp_path / "missing.json"), "--layer", "3", "--prompt", "x"]) == 2
 
 
-def test_fact_steering_scored_with_counterfact_metrics(embedded_clean):
-    res = evaluate_steering(embedded_clean, "/work/shared/data/counterfact-edit-sample.json", layer=6, alpha=0.5,
+def test_fact_steering_scored_with_counterfact_metrics(embedded_clean, shared_data):
+    res = evaluate_steering(embedded_clean, shared_data / "counterfact-edit-sample.json", layer=6, alpha=0.5,
                             limit=3, progress=False)
     assert len(res.rows) == 3 and res.meta["intervention"] == "steer"
     pre, post = res.summary["pre"], res.summary["post"]

@@ -16,7 +16,7 @@ from tracelab.viz import paper
 from tracelab.viz.compare import Snapshot
 from tracelab.viz.story import eiffel
 
-FIGURES = Path(__file__).resolve().parents[1] / "figures"
+FIGURES = Path(__file__).resolve().parents[2] / "figures"
 NAMES = ("trace", "average", "edit", "steering")
 EIFFEL = eiffel()
 

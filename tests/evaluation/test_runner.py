@@ -63,18 +63,18 @@ def test_modes_a_method_cannot_run_are_refused(model_and_stats):
         tl.evaluate(model, RECORDS, suite="fever", progress=False)
 
 
-def test_zsre_suite_token_accuracy():
+def test_zsre_suite_token_accuracy(shared_data):
     model = tiny_model("llama")
-    cases = get_suite("zsre").read("../shared/data/zsre-sample.json", limit=3)
+    cases = get_suite("zsre").read(shared_data / "zsre-sample.json", limit=3)
     assert cases[0].format == "zsre"
-    res = tl.evaluate(model, "../shared/data/zsre-sample.json", limit=3, progress=False)
+    res = tl.evaluate(model, shared_data / "zsre-sample.json", limit=3, progress=False)
     assert res.meta["suite"] == "zsre"
     assert set(res.rows[0]["pre"]) == {"easyedit.reliability", "easyedit.generality", "easyedit.locality", "prob_new"}
     same = tl.evaluate(model, "zsre", lambda: torch.no_grad(), limit=3, progress=False)  # a no-op intervention
     assert same.summary["post"]["easyedit.locality"] == 100.0
 
 
-def test_known_facts_suite_under_an_edit(model_and_stats):
+def test_known_facts_suite_under_an_edit(model_and_stats, shared_data):
     model, stats = model_and_stats
     e = tl.edit(model, subject="The Eiffel Tower", prompt="The city of {}", target="Rome", layer=2, stats=stats,
                 params=FAST_ROME, progress=False)
@@ -84,7 +84,7 @@ def test_known_facts_suite_under_an_edit(model_and_stats):
         e.undo()
     assert res.meta["suite"] == "known" and len(res.rows) == 5
     assert set(res.summary["pre"]) == {"known.top1", "known.accuracy", "known.prob"}
-    known = read_records("../shared/data/known_1000.json", limit=2)
+    known = read_records(shared_data / "known_1000.json", limit=2)
     assert known[0].format == "known" and known[0].request.target == "Antarctica"
 
 

@@ -7,7 +7,7 @@ import torch
 
 from tracelab.editing import (Edit, HookPatch, Journal, ParamDelta, PatchModule, PromptContext, Request, journal,
                               register_patch)
-from tracelab.editing.journal import transaction
+from tracelab.editing.transaction import transaction
 from tracelab.io import tensor_hash
 from tracelab.editing.requests import as_requests, check_conflicts
 from tracelab.models.tiny import tiny_model

@@ -24,14 +24,14 @@ ZSRE = {"subject": "Watts Humphrey", "src": "What university did Watts Humphrey 
         "loc": "nq question: who played desmond doss father in hacksaw ridge", "loc_ans": "Hugo Weaving"}
 
 
-def test_readers_agree_on_shapes():
+def test_readers_agree_on_shapes(shared_data):
     nested, flat, zsre = to_record(NESTED), to_record(FLAT), to_record(ZSRE)
     assert nested.request == flat.request and nested.request.target_true == "French"
     assert nested.neighbours[0] == flat.neighbours[0] == ("Michel Rocard is a native speaker of", "French")
     assert nested.generation_prompts and not flat.generation_prompts
     assert zsre.request.text == "What university did Watts Humphrey attend?"
     assert zsre.neighbours == [("who played desmond doss father in hacksaw ridge", "Hugo Weaving")]
-    shared = read_records("../shared/data/counterfact-edit-sample.json", limit=3)
+    shared = read_records(shared_data / "counterfact-edit-sample.json", limit=3)
     assert len(shared) == 3 and shared[0].request.target == "English"
     with pytest.raises(ValueError, match="unrecognised"):
         to_record({"question": "x"})

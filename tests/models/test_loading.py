@@ -115,7 +115,7 @@ def test_same_object_gives_same_model():
 @pytest.mark.parametrize("cls", ["TransformersModel", "LanguageModel"])
 def test_nnsight_model_shares_weights(cls):
     """nnsight 0.8's TransformersModel and the LanguageModel it deprecates (still what most user
-    code builds). (TransformerBridge objects: tests/test_byo_models.py, one bridge per process.)"""
+    code builds). (TransformerBridge objects: tests/models/test_wrappers.py, one bridge per process.)"""
     import nnsight
 
     tiny = tiny_model("gpt2")
