@@ -19,7 +19,7 @@ __version__ = "0.1.0"
 # Public names of the science packages, imported on first use so `import tracelab` stays fast.
 _LAZY = {
     "trace": "tracing", "trace_dataset": "tracing", "attribute": "tracing", "TraceResult": "tracing",
-    "GaussianNoise": "tracing", "TokenReplace": "tracing",
+    "GaussianNoise": "tracing", "TokenReplace": "tracing", "knowledge_neurons": "tracing",
     "edit": "editing", "Edit": "editing", "Journal": "editing", "journal": "editing",
     "evaluate": "evaluation",
     "SteeringVector": "steering", "actadd": "steering", "caa": "steering", "repe": "steering",

@@ -20,9 +20,15 @@ from tracelab.models.tiny import tiny_model
 REQ = Request("The Eiffel Tower", "The city of {}", "Rome")
 LAYER = 2
 # The papers' defaults are tuned for billion-parameter models; on a tiny random model MEMIT's z
-# clamp (0.75 × |h|) and λ = 3000 hold the edit back. A method not listed here runs its defaults.
+# clamp (0.75 × |h|) and λ = 3000 hold the edit back, and FT-L's ε = 5e-4 (its point: a small
+# change) cannot move a random model's answer. A method not listed here runs its defaults.
 TINY_PARAMS = {"memit": lambda: tl.editing.MemitParams(values=tl.editing.ValueParams(clamp_norm=4.0), mom2_weight=100.0),
-               "alphaedit": lambda: tl.editing.AlphaEditParams(values=tl.editing.ValueParams(clamp_norm=4.0))}
+               "alphaedit": lambda: tl.editing.AlphaEditParams(values=tl.editing.ValueParams(clamp_norm=4.0)),
+               "ft-l": lambda: tl.editing.FTLParams(epsilon=0.5, lr=1e-2),
+               "ft-m": lambda: tl.editing.FTMParams(lr=1e-2)}
+# In-context methods cannot reach a target on a random model (it does not follow a context); for
+# them the contract is that the prompt is asked differently while applied, and exactly as before after.
+IN_CONTEXT = {n for n in registry.names() if registry.get(n).family == "in-context"}
 
 
 @register_patch
@@ -92,7 +98,10 @@ def test_reaches_target_and_undo_is_bit_exact(name):
     before, logits = _state(model), _logits(model)
     assert not says_target(model, REQ)
     e = tl.edit(model, REQ, method=name, **kw)
-    assert says_target(model, REQ), f"{name} did not reach its target"
+    if name in IN_CONTEXT:
+        assert model.query_text(REQ.text) != [REQ.text] and not torch.equal(_logits(model), logits)
+    else:
+        assert says_target(model, REQ), f"{name} did not reach its target"
     assert e.changes and journal(model).edits == [e]
     e.undo()
     assert all(torch.equal(v, model.hf.state_dict()[k]) for k, v in before.items())
@@ -145,11 +154,12 @@ def test_bad_inputs_are_rejected_before_any_work(name, monkeypatch):
     class OtherParams:
         pass
 
-    bad = [
-        (dict(params=OtherParams()), TypeError, "params for"),
-        (dict(layer=99) if method.layers == "one" else dict(layers=[1, 99]), ValueError, "out of range"),
-        (dict(layer="middle"), TypeError, "layer must be"),
-    ]
+    bad = [(dict(params=OtherParams()), TypeError, "params for")]
+    if method.layers == "none":
+        bad += [(dict(layer=3), ValueError, "does not edit at a layer")]
+    else:
+        bad += [(dict(layer=99) if method.layers == "one" else dict(layers=[1, 99]), ValueError, "out of range"),
+                (dict(layer="middle"), TypeError, "layer must be")]
     for extra, error, match in bad:
         args = {**kw, **extra}
         if "layer" in extra:

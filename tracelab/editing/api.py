@@ -18,7 +18,8 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from ..models import Model
 from ..models.loading import as_model
-from .journal import Edit, journal, transaction
+from .journal import Edit, journal
+from .transaction import transaction
 from .methods import DEFAULT
 from .registry import Context, Method, get, names
 from .requests import Request, as_requests, check_conflicts
@@ -115,6 +116,9 @@ def edit(
         raise TypeError(f"params for {m.name} must be {m.Params.__name__}, got {type(hp).__name__}")
     chosen = _layers(model, m, layer, layers, reqs[0])
     todo = [r for r in reqs if not already_says(model, r)]
+    if len(todo) < len(reqs) and m.already_said == "refuse":
+        said = [f"{r.text!r} → {r.target!r}" for r in reqs if r not in todo][:5]
+        raise ValueError(f"the model already answers {said} with the target: {m.name} has nothing to edit there")
     if len(todo) < len(reqs):
         skipped = [f"{r.text!r} → {r.target!r}" for r in reqs if r not in todo][:5]
         warnings.warn(f"the model already answers {len(reqs) - len(todo)} request(s) with the target; "

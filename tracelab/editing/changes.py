@@ -50,6 +50,11 @@ class Change:
     def applied(self) -> bool:
         raise NotImplementedError
 
+    @property
+    def size(self) -> int:
+        """How many numbers this change stores (parameters changed or added; 0 for a prompt)."""
+        return sum(t.numel() for t in self.tensors().values())
+
     def apply(self, model: Model) -> None:
         raise NotImplementedError
 

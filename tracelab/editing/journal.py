@@ -10,8 +10,9 @@
     >>> Journal.load("edits/").apply(fresh_model)  # replay, checking every hash
 
 An `Edit` is one call of a method: its requests, layers, hyperparameters and `changes` (see
-`changes`). A `Transaction` applies a method's changes; if anything fails or a weight becomes
-non-finite, it reverts them all, so an edit that fails changes nothing.
+`changes`), applied through a `transaction.Transaction`. `EditDelta` is the edits' weight
+changes as one vector that adds, scales, negates and applies to another copy of the same base
+(task arithmetic, Ilharco et al. 2023): `journal(model).as_delta()`.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from ..models import Model
 from ..models.loading import as_model
 from .changes import FORMAT, Change, ParamDelta, load_change
 from .requests import Request
+from .transaction import transaction
 
 
 @dataclass(eq=False)
@@ -205,6 +207,20 @@ class Journal:
                         out.setdefault(getattr(c, "layer", None), []).append(c.state[key])
         return {l: torch.cat(ts) for l, ts in out.items()}
 
+    def as_delta(self) -> EditDelta:
+        """The weight changes of every applied edit as one `EditDelta` (their sum per parameter);
+        ValueError if an edit changed more than weights (a hook or a prompt context)."""
+        other = [c.target for e in self.edits for c in e.changes if not isinstance(c, ParamDelta)]
+        if other:
+            raise ValueError(f"as_delta sums weight changes, but edits here also changed {sorted(set(other))} "
+                             "(hooks or prompt contexts), which are not weights")
+        deltas, base, result = {}, {}, {}
+        for c in (c for e in self.edits for c in e.changes):
+            deltas[c.name] = deltas.get(c.name, 0) + c.delta
+            base.setdefault(c.name, c.hash_before)
+            result[c.name] = c.hash_after
+        return EditDelta(deltas, base, result)
+
     def save(self, directory: str | Path) -> Path:
         """Write each edit (`edit-000.safetensors/.json`) and `journal.json` (the order) to `directory`."""
         directory = Path(directory)
@@ -254,6 +270,69 @@ class Journal:
         return target
 
 
+@dataclass
+class EditDelta:
+    """Edits as a vector of weight changes (task arithmetic, Ilharco et al. 2023, on edits).
+
+        >>> v = journal(edited).as_delta()          # {name: ΔW}, the sum of every applied ParamDelta
+        >>> (v + w).apply(copy)                     # both edits on another copy of the same base
+        >>> (-v).apply(edited)                      # remove them (up to float rounding)
+        >>> (0.5 * v).apply(copy)
+
+    `deltas` {parameter name: ΔW} (float32, the parameter's layout); `base` {name: the hash of
+    the weight ΔW applies to}; `result` {name: the hash it produced} (known only for a vector
+    read off a journal). `apply` checks every base hash first: a delta of one base model does not
+    go onto another (ValueError, nothing changed). Vectors of different bases do not add.
+    """
+
+    deltas: dict[str, torch.Tensor]
+    base: dict[str, str]
+    result: dict[str, str | None] = field(default_factory=dict)
+
+    def __add__(self, other: EditDelta) -> EditDelta:
+        if not isinstance(other, EditDelta):
+            return NotImplemented
+        clash = [n for n in self.base.keys() & other.base.keys() if self.base[n] != other.base[n]]
+        if clash:
+            raise ValueError(f"these edit vectors start from different weights for {sorted(clash)[:3]} (hashes "
+                             f"{[self.base[n] for n in sorted(clash)[:3]]} vs {[other.base[n] for n in sorted(clash)[:3]]}): "
+                             "they are not deltas of one base model")
+        names = list(dict.fromkeys([*self.deltas, *other.deltas]))
+        deltas = {n: self.deltas.get(n, 0) + other.deltas.get(n, 0) for n in names}
+        return EditDelta(deltas, {**other.base, **self.base}, {n: None for n in names})
+
+    def __mul__(self, scale: float) -> EditDelta:
+        if not isinstance(scale, (int, float)) or isinstance(scale, bool):
+            return NotImplemented
+        return EditDelta({n: scale * d for n, d in self.deltas.items()}, dict(self.base), {n: None for n in self.deltas})
+
+    __rmul__ = __mul__
+
+    def __neg__(self) -> EditDelta:
+        """−v applies to the weights v produced (its result) and takes them back to its base."""
+        missing = [n for n in self.deltas if not self.result.get(n)]
+        if missing:
+            raise ValueError(f"−v needs the weights v produced, known only for a vector read off a journal "
+                             f"(journal(model).as_delta()); missing for {missing[:3]}")
+        return EditDelta({n: -d for n, d in self.deltas.items()}, dict(self.result), dict(self.base))
+
+    def __sub__(self, other: EditDelta) -> EditDelta:
+        return self + (-1.0) * other
+
+    def apply(self, model: Model) -> Edit:
+        """Add these deltas to `model`'s weights, recorded in its journal (undoable) as an
+        "arithmetic" edit. ValueError, nothing changed, when a weight is not the base it expects."""
+        model = as_model(model)
+        changes = [ParamDelta.build(model, n, d) for n, d in self.deltas.items()]
+        for c in changes:
+            c.hash_before = self.base[c.name]
+            c.check(model)
+        with transaction(model) as tx:
+            for c in changes:
+                tx.apply(c)
+        return journal(model).record(Edit("arithmetic", [], [], {"base": self.base}, changes))
+
+
 _JOURNALS: "weakref.WeakKeyDictionary[Model, Journal]" = weakref.WeakKeyDictionary()
 
 
@@ -267,48 +346,3 @@ def journal(model: Model) -> Journal:
     if model not in _JOURNALS:
         _JOURNALS[model] = Journal(model)
     return _JOURNALS[model]
-
-
-class Transaction:
-    """Applies changes to `model` and remembers them, so that all can be reverted together.
-
-        >>> with transaction(model) as tx:
-        ...     tx.apply(ParamDelta.mlp_out(model, 3, update))   # a method's layer loop (MEMIT)
-        ...     with tx.trial(change): ok = says_target(...)     # applied only inside the block
-    """
-
-    def __init__(self, model: Model) -> None:
-        self.model, self.changes = model, []
-
-    def apply(self, change: Change) -> Change:
-        change.apply(self.model)
-        self.changes.append(change)
-        if isinstance(change, ParamDelta) and not torch.isfinite(self.model.parameter(change.name)).all():
-            raise ValueError(f"the edit made {change.name} non-finite; no weight was changed")
-        return change
-
-    @contextmanager
-    def trial(self, change: Change) -> Iterator[Change]:
-        """`change` applied inside the block only; the model is exactly as before afterwards."""
-        change.apply(self.model)
-        try:
-            yield change
-        finally:
-            change.revert(self.model)
-
-    def revert_all(self) -> None:
-        for c in reversed(self.changes):
-            if c.applied:
-                c.revert(self.model)
-        self.changes = []
-
-
-@contextmanager
-def transaction(model: Model) -> Iterator[Transaction]:
-    """A `Transaction`: if the block raises, every change it applied is reverted (no weight changed)."""
-    tx = Transaction(model)
-    try:
-        yield tx
-    except BaseException:
-        tx.revert_all()
-        raise

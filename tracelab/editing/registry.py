@@ -57,7 +57,9 @@ class Method:
     - `Params`: a dataclass of the paper's defaults (with `to_dict()`); `params=` must be one.
     - `batch`: several requests in one call; `sequential`: edits may stack in one journal.
     - `needs`: what `tl.edit` prepares: "stats" (key statistics at the layers, `ctx.stats`).
-    - `layers`: "one" (a single layer), "range" (increasing layers) or "none".
+    - `layers`: "one" (a single layer), "range" (increasing layers) or "none"; `auto_layers`:
+      what `layer="auto"` picks, "peak" (the traced MLP peak) or "window" (the traced window);
+      by default the peak for "one", the window for "range".
     """
 
     name: ClassVar[str]
@@ -68,16 +70,16 @@ class Method:
     sequential: ClassVar[bool] = True
     needs: ClassVar[tuple[str, ...]] = ()
     layers: ClassVar[str] = "one"
+    auto_layers: ClassVar[str] = ""
+    already_said: ClassVar[str] = "skip"  # a request the model already answers: "skip" (warn) or "refuse"
 
     def default_layers(self, model: Model, request: Request) -> list[int]:
         """`layer="auto"`: trace the request and take the MLP peak at the subject's last token
-        ("one"), or the traced window of up to five layers ("range")."""
-        from ..tracing import (
-            trace,  # editing may ask tracing for a layer, never the reverse
-        )
+        ("peak"), or the traced window of up to five layers ("window"); see `auto_layers`."""
+        from ..tracing import trace  # editing may ask tracing for a layer, never the reverse
 
         result = trace(model, request.text, subject=request.subject, kinds=["mlp"], progress=False)
-        if self.layers == "one":
+        if (self.auto_layers or ("peak" if self.layers == "one" else "window")) == "peak":
             return [int(result.peak("mlp"))]
         return [int(l) for l in result.window("mlp", size=min(5, model.n_layers))]
 

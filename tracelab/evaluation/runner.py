@@ -97,7 +97,7 @@ def run(model: Model, suite: Suite, cases: Sequence[Record], intervention: Any =
             try:
                 rows.append(_row(c, pre, suite.score(model, c, ref)[0]))
                 rows[-1]["edit"] = {"seconds": e.info.get("total_seconds"), "layers": e.layers,
-                                    "norms": e.info.get("norms")}
+                                    "norms": e.info.get("norms"), "parameters": e.info.get("parameters_changed", sum(c.size for c in e.changes))}
             finally:
                 e.undo()
     elif mode == "batch":

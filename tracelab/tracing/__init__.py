@@ -9,7 +9,8 @@
 from .api import attribute, trace
 from .corruption import GaussianNoise, TokenReplace, embedding_std
 from .dataset import DatasetTrace, trace_dataset
+from .neurons import NeuronAttribution, knowledge_neurons
 from .result import TraceResult
 
-__all__ = ["DatasetTrace", "GaussianNoise", "TokenReplace", "TraceResult", "attribute", "embedding_std",
-           "trace", "trace_dataset"]
+__all__ = ["DatasetTrace", "GaussianNoise", "NeuronAttribution", "TokenReplace", "TraceResult", "attribute",
+           "embedding_std", "knowledge_neurons", "trace", "trace_dataset"]

@@ -1,16 +1,21 @@
 """The registered editing methods, one module each (importing this package registers them).
 
     >>> from tracelab.editing import registry
-    >>> registry.names()                           # ['alphaedit', 'memit', 'rome']
+    >>> registry.names()            # ['alphaedit', 'ft-l', 'ft-m', 'ike', 'kn', 'lora', 'memit', 'rome']
 
 `DEFAULT` is what `tl.edit` uses when no method is named.
 """
 
-from . import alphaedit, memit, rome  # noqa: F401  (each registers itself)
+from . import alphaedit, ft, ike, kn, lora, memit, rome  # noqa: F401  (each registers itself)
 from .alphaedit import AlphaEditParams
+from .ft import FTLParams, FTMParams, FTParams
+from .ike import IKEParams
+from .kn import KNParams
+from .lora import LoRAParams
 from .memit import MemitParams
 from .rome import RomeParams
 
 DEFAULT = "rome"
 
-__all__ = ["AlphaEditParams", "DEFAULT", "MemitParams", "RomeParams"]
+__all__ = ["AlphaEditParams", "DEFAULT", "FTLParams", "FTMParams", "FTParams", "IKEParams", "KNParams", "LoRAParams",
+           "MemitParams", "RomeParams"]

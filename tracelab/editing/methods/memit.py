@@ -22,7 +22,7 @@ import torch
 
 from ...models import Model
 from ..changes import Change, ParamDelta
-from ..journal import Transaction
+from ..transaction import Transaction
 from ..registry import Context, Method, register
 from ..requests import Request
 from ..toolkit.keys import context_templates, subject_keys, subject_values

@@ -16,12 +16,11 @@ scored alike. Register a new one with `@register_suite`.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any, ClassVar
 
+from ...data import DATA_ENV, shared_data
 from ..records import Record, read_records
 
-DATA_ENV = "TRACELAB_DATA"  # where the default data files are looked for (default ../shared/data)
 
 
 class Suite:
@@ -47,11 +46,7 @@ class Suite:
     def _default_source(self):
         if self.default_file is None:
             raise ValueError(f"the {self.name} suite has no default data: give a records file")
-        path = Path(os.environ.get(DATA_ENV, "../shared/data")) / self.default_file
-        if not path.is_file():
-            raise FileNotFoundError(f"the {self.name} suite reads {self.default_file} from ${DATA_ENV} (default "
-                                    f"../shared/data), but {path} does not exist: set {DATA_ENV} or give the file")
-        return path
+        return shared_data(self.default_file)
 
     def score(self, model, case: Record, reference: Any = None) -> tuple[dict[str, float | None], Any]:
         raise NotImplementedError
