@@ -38,7 +38,7 @@ METHODS = ("ft-l", "ft-m", "lora", "kn", "ike")
 SWEEPS = {
     "ft-l": [{"epsilon": e} for e in (5e-4, 5e-3, 5e-2)],
     "ft-m": [{"lr": lr} for lr in (5e-4, 2e-3, 1e-2)],
-    "lora": [{"lr": 5e-3, "steps": 70}, {"lr": 1e-2, "steps": 40, "target_modules": ("down_proj",)}],
+    "lora": [{"stop_loss": 1e-2}, {"stop_loss": 1e-2, "target_modules": ("down_proj",)}],
     "kn": [{"lambda_new": 8.0}, {"lambda_new": 32.0, "threshold": 0.1}],
     "ike": [{"k": 4}, {"k": 16}],
 }
@@ -64,7 +64,7 @@ def run(model, records, method: str, params, layer: int) -> dict:
     from tracelab.editing import registry
 
     kwargs = {} if registry.get(method).layers == "none" else {"layer": layer}
-    res = tl.evaluate(model, records, method, params=params, progress=False, **kwargs)
+    res = tl.evaluate(model, records, method, mode="single", params=params, progress=False, **kwargs)
     times = [r["edit"]["seconds"] for r in res.rows if r.get("edit")]
     changed = [r["edit"]["parameters"] for r in res.rows if r.get("edit")]
     s = res.summary

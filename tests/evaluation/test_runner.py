@@ -96,3 +96,12 @@ def test_bad_records_files_name_themselves(tmp_path):
     bad.write_text(json.dumps([{"question": "?"}]))
     with pytest.raises(ValueError, match="unrecognised evaluation record"):
         tl.evaluate(tiny_model("llama"), bad, progress=False)
+
+
+def test_records_that_cannot_be_edits_are_skipped_with_a_warning(tmp_path):
+    good = {"subject": "Lyon", "src": "Where is Lyon?", "alt": "Italy", "answers": ["France"], "rephrase": "Lyon is in?",
+            "loc": "nq question: who wrote hamlet", "loc_ans": "Shakespeare"}
+    path = tmp_path / "zsre.json"
+    path.write_text(json.dumps([good, {**good, "alt": ""}, good]))
+    with pytest.warns(UserWarning, match=r"skipped 1 record\(s\) that cannot be edits.*empty target"):
+        assert len(read_records(path)) == 2

@@ -9,6 +9,7 @@ known facts (known_1000's shape).
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -53,8 +54,28 @@ def _as_list(value) -> list:
     return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
+class UnusableRecord(ValueError):
+    """A record in a known shape whose values cannot make an edit (e.g. an empty new answer)."""
+
+
+class UnknownShape(ValueError):
+    """A record in none of the shapes `to_record` reads."""
+
+
 def to_record(item: Mapping[str, Any] | Record | Request) -> Record:
-    """A `Record` from one item in any supported shape (see `read_records`)."""
+    """A `Record` from one item in any supported shape (see `read_records`); `UnusableRecord` when
+    the shape is known but a value is not (an empty target), ValueError when the shape is unknown."""
+    if isinstance(item, Mapping):
+        try:
+            return _to_record(item)
+        except UnknownShape:
+            raise
+        except ValueError as e:
+            raise UnusableRecord(f"record {item.get('case_id', item.get('subject'))!r}: {e}") from e
+    return _to_record(item)
+
+
+def _to_record(item) -> Record:
     if isinstance(item, Record):
         return item
     if isinstance(item, Request):
@@ -89,7 +110,7 @@ def to_record(item: Mapping[str, Any] | Record | Request) -> Record:
     if "subject" in item and "target" in item:  # tracelab's own request dicts
         return Record(Request.from_text(item["prompt"], item["subject"], item["target"], item.get("target_true")),
                       _as_list(item.get("paraphrases")), [tuple(n) for n in _as_list(item.get("neighbours"))])
-    raise ValueError(
+    raise UnknownShape(
         f"unrecognised evaluation record with keys {sorted(item)}: expected CounterFact "
         "('requested_rewrite', ...), EasyEdit ('prompt', 'subject', 'target_new', 'ground_truth', "
         "'rephrase_prompt', 'locality_prompt', 'locality_ground_truth'), zsRE ('src', 'alt', 'answers', ...) "
@@ -117,4 +138,12 @@ def read_records(source: str | Path | Iterable[Mapping], limit: int | None = Non
     if not isinstance(items, list):
         raise ValueError(f"expected a list of records, got {type(items).__name__}")
     items = items[:limit] if limit is not None else items
-    return [to_record(i) for i in items]
+    records, unusable = [], []
+    for item in items:
+        try:
+            records.append(to_record(item))
+        except UnusableRecord as e:
+            unusable.append(str(e))
+    if unusable:  # real datasets hold a few (zsRE's MEND release has an empty new answer)
+        warnings.warn(f"skipped {len(unusable)} record(s) that cannot be edits, e.g. {unusable[0]}", stacklevel=2)
+    return records

@@ -19,6 +19,7 @@ edit's transaction applies the result: one `ParamDelta` per changed weight.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import asdict, dataclass
 from typing import Literal, Sequence
@@ -29,6 +30,7 @@ from ...models import Model
 from ..changes import Change, ParamDelta
 from ..registry import Context, Method, register
 from ..requests import Request
+from ..toolkit.compute import replay_below, training_mode, weights_require_grad
 from ..toolkit.deltas import added, linear_weights
 
 MATRICES = ("mlp_out", "mlp")
@@ -46,6 +48,7 @@ class FTParams:
     matrices: str = "mlp_out"
     objective: Literal["prompt_last", "target_new"] = "prompt_last"
     weight_decay: float = 0.0
+    bf16: bool = True  # matmuls in bf16 autocast (gradients and ΔW stay float32)
 
     def __post_init__(self) -> None:
         if self.epsilon is not None and not self.epsilon > 0:
@@ -110,25 +113,47 @@ def edit_loss(model: Model, ids, mask, spans, objective: str) -> torch.Tensor:
     return torch.stack(losses).mean()
 
 
-def finetune_deltas(model: Model, requests: Sequence[Request], names: Sequence[str], params: FTParams,
+def finetune_deltas(model: Model, requests: Sequence[Request], chosen: Sequence[tuple[int, str]], params: FTParams,
                     progress: bool = False) -> tuple[dict[str, torch.Tensor], dict]:
-    """ΔW per name after `params.steps` constrained Adam steps; the model's weights are untouched."""
+    """ΔW per weight name after `params.steps` constrained Adam steps; the model's weights are
+    untouched. `chosen`: (layer, name) pairs. Runs in one bf16 autocast region (`params.bf16`),
+    and the layers below the lowest chosen one return their output recorded once (`toolkit.compute`)."""
+    names = [n for _, n in chosen]
     deltas = {n: torch.zeros_like(model.parameter(n), dtype=torch.float32, requires_grad=True) for n in names}
-    opt = torch.optim.Adam(deltas.values(), lr=params.lr, weight_decay=params.weight_decay)
+    trained = list(deltas.values())
+    opt = torch.optim.Adam(trained, lr=params.lr, weight_decay=params.weight_decay)
     ids, mask, spans = _batch(model, requests)
+    first = min(l for l, _ in chosen)
     losses = []
-    with added(model, deltas), torch.enable_grad():
-        for _ in range(params.steps):
-            opt.zero_grad(set_to_none=True)
-            loss = edit_loss(model, ids, mask, spans, params.objective)
-            loss.backward()
-            opt.step()
-            losses.append(float(loss.detach()))
-            if params.epsilon is not None:
-                with torch.no_grad():
-                    for d in deltas.values():
-                        d.clamp_(-params.epsilon, params.epsilon)
+    with weights_require_grad(model, params.bf16), training_mode(model, params.bf16):
+        below = _block_output(model, first - 1, ids, mask) if first > 0 else None
+        replay = replay_below(model, first, below) if first > 0 else contextlib.nullcontext()
+        with replay, added(model, deltas), torch.enable_grad():
+            for _ in range(params.steps):
+                loss = edit_loss(model, ids, mask, spans, params.objective)
+                # gradients for ΔW only: the model's own weights need none (autograd skips their matmuls)
+                for d, g in zip(trained, torch.autograd.grad(loss, trained)):
+                    d.grad = g
+                opt.step()
+                losses.append(float(loss.detach()))
+                if params.epsilon is not None:
+                    with torch.no_grad():
+                        for d in trained:
+                            d.clamp_(-params.epsilon, params.epsilon)
     return {n: d.detach() for n, d in deltas.items()}, {"loss": losses}
+
+
+@torch.no_grad()
+def _block_output(model: Model, layer: int, ids, mask):
+    """What decoder layer `layer` returns on `ids` (as the module returns it), computed once."""
+    recorded = {}
+    handle = model.layer(layer).register_forward_hook(lambda m, a, o: recorded.setdefault("out", o))
+    try:
+        with model.record([model.resid(layer)], stop=True):
+            model.hf(input_ids=ids, attention_mask=mask)
+    finally:
+        handle.remove()
+    return recorded["out"]
 
 
 class _FineTune(Method):
@@ -139,7 +164,7 @@ class _FineTune(Method):
               ctx: Context) -> list[Change]:
         t = time.perf_counter()
         chosen = weights_to_tune(model, layers, params.matrices)
-        deltas, info = finetune_deltas(model, requests, [n for _, n in chosen], params, ctx.progress)
+        deltas, info = finetune_deltas(model, requests, chosen, params, ctx.progress)
         ctx.info.update(info, seconds={"finetune": time.perf_counter() - t},
                         parameters_changed=sum(d.numel() for d in deltas.values()))
         return [ParamDelta.build(model, n, deltas[n], layer=l) for l, n in chosen]

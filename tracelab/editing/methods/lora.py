@@ -25,6 +25,7 @@ from ...models import Model
 from ..changes import Change, ParamDelta
 from ..registry import Context, Method, register
 from ..requests import Request
+from ..toolkit.compute import training_mode
 from ..toolkit.deltas import linear_weights
 from .ft import _batch, edit_loss
 
@@ -39,6 +40,7 @@ class LoRAParams:
     steps: int = 70
     lr: float = 5e-3
     seed: int = 0
+    stop_loss: float | None = None  # stop once the edit loss is below this (None: every step, as EasyEdit)
 
     def __post_init__(self) -> None:
         if not isinstance(self.r, int) or self.r < 1:
@@ -96,13 +98,18 @@ def lora_factors(model: Model, requests: Sequence[Request], names: Sequence[str]
             trained = [p for n, p in peft_model.named_parameters() if "lora_" in n]
             opt = torch.optim.Adam(trained, lr=params.lr)
             peft_model.train()
-            with torch.enable_grad():
+            # float32: under one autocast region the adapters' own bf16 casts would be cached at the
+            # first step and never see Adam's updates (autocast caches casts of leaf tensors that
+            # require grad); gradients are taken for the adapters only
+            with training_mode(model, bf16=False), torch.enable_grad():
                 for _ in range(params.steps):
-                    opt.zero_grad(set_to_none=True)
                     loss = edit_loss(model, ids, mask, spans, "target_new")
-                    loss.backward()
+                    for p, g in zip(trained, torch.autograd.grad(loss, trained)):
+                        p.grad = g
                     opt.step()
                     losses.append(float(loss.detach()))
+                    if params.stop_loss is not None and losses[-1] < params.stop_loss:
+                        break
             factors = {}
             for m in modules:
                 layer = peft_model.base_model.model.get_submodule(m)

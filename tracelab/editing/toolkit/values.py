@@ -31,13 +31,11 @@ from typing import Literal, Sequence
 
 import torch
 import torch.nn.functional as F
-from torch.nn.attention import SDPBackend, sdpa_kernel
 from tqdm.auto import tqdm
 
-from ...heap import reuse_heap
 from ...models import Model
-from ...models.wrappers import forwards_replaced
 from ..requests import Request
+from .compute import replay_below, training_mode, weights_require_grad
 from .keys import last_subject_index
 
 KL_TEMPLATE = "{} is a"
@@ -116,12 +114,6 @@ def _rows(model: Model, requests: Sequence[Request], templates: Sequence[str]) -
     )
 
 
-def _replay_below(model: Model, first: int, output):
-    """Layers 0..first-1 do no work: each returns `output`, the block output of layer first-1
-    recorded once (so layer `first` sees the same input as in the full model)."""
-    return forwards_replaced((model.layer(l), lambda *args, **kwargs: output) for l in range(first))
-
-
 class _Engine:
     """Runs the rows with δ added at suffix position 0 and returns logits `[B, n_keep, vocab]`."""
 
@@ -154,7 +146,7 @@ class _Engine:
         m, b = self.model, self.b
         patch = {} if delta_rows is None else {self.site: _add_at_first(delta_rows)}
         if self.fast:
-            replay = _replay_below(m, self.first, self.below) if use_replay and self.first else contextlib.nullcontext()
+            replay = replay_below(m, self.first, self.below) if use_replay and self.first else contextlib.nullcontext()
             with replay, m.patch(patch):
                 out = m.hf(input_ids=b.suffix, attention_mask=b.mask, position_ids=b.positions[:, self.P:],
                            use_cache=self.cache is not None, logits_to_keep=b.keep, **self.cache_arg)
@@ -236,9 +228,7 @@ def optimise_values(
     first = layer if site == "mlp_out" else layer + 1  # lowest layer δ can change
     deltas, inits, info = [], [], {"loss": [], "nll": [], "steps": []}
     start = time.perf_counter()
-    grads = [p.requires_grad for p in model.hf.parameters()]
-    model.hf.requires_grad_(hp.bf16)  # so autocast caches its bf16 weight casts (see _compute_mode)
-    try:
+    with weights_require_grad(model, hp.bf16):  # so autocast caches its bf16 weight casts (see compute)
         chunks = range(0, len(requests), hp.batch_requests)
         for i in tqdm(chunks, desc=f"v*/z ({site} {layer})", disable=not progress or len(chunks) < 2):
             d, v0, chunk_info = _optimise_chunk(model, requests[i:i + hp.batch_requests], site_obj, first,
@@ -246,32 +236,12 @@ def optimise_values(
             deltas.append(d), inits.append(v0)
             for k in info:
                 info[k] += chunk_info[k]
-    finally:
-        for p, g in zip(model.hf.parameters(), grads):
-            p.requires_grad_(g)
     info["seconds"] = time.perf_counter() - start
     return torch.cat(deltas), torch.cat(inits), info
 
 
-@contextlib.contextmanager
-def _compute_mode(model: Model, hp: ValueParams):
-    """One autocast region per chunk (it caches the bf16 casts of weights that require grad, and
-    gradients are only ever taken for δ), on CPU the plain-math attention, whose backward is
-    ~2× faster than the flash kernel's at these lengths, freed activations kept for reuse
-    (`reuse_heap`), and a TransformerLens bridge's components running the transformers modules
-    they wrap (whose attention reads the prefix's KV cache; see `models.wrappers`)."""
-    with contextlib.ExitStack() as stack:
-        stack.enter_context(reuse_heap())
-        stack.enter_context(model.native())
-        if hp.bf16:
-            stack.enter_context(torch.autocast(model.device.type, dtype=torch.bfloat16))
-        if model.device.type == "cpu":
-            stack.enter_context(sdpa_kernel([SDPBackend.MATH]))
-        yield
-
-
 def _optimise_chunk(model, requests, site, first, templates, hp):
-    with _compute_mode(model, hp):
+    with training_mode(model, hp.bf16):  # one autocast region per chunk
         return _optimise_rows(model, requests, _rows(model, requests, templates), site, first, hp)
 
 

@@ -1,0 +1,60 @@
+"""How the optimising methods run forward and backward passes fast on a CPU.
+
+    >>> with weights_require_grad(model, True), training_mode(model, bf16=True):
+    ...     loss = ...; torch.autograd.grad(loss, [delta])     # bf16 matmuls, weights cast once
+    >>> with replay_below(model, 4, recorded):                  # layers 0..3 return what they returned once
+    ...     model.hf(input_ids=ids)
+
+- One autocast region for a whole optimisation: autocast caches the bf16 casts of weights that
+  require grad, so each weight is cast once, not on every step (gradients are still taken only
+  for what the method optimises). On these CPUs a short-prompt step reads every weight from
+  memory, so bf16 weights halve the step.
+- On CPU the plain-math attention, whose backward is ~2× faster than the flash kernel's at
+  these lengths; freed activations kept for reuse (`reuse_heap`); a TransformerLens bridge's
+  components running the transformers modules they wrap (`Model.native`).
+- Layers below the lowest one a change can reach do no work: each returns its recorded output.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator
+
+import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from ...heap import reuse_heap
+from ...models import Model
+from ...models.wrappers import forwards_replaced
+
+
+@contextlib.contextmanager
+def weights_require_grad(model: Model, flag: bool) -> Iterator[None]:
+    """Every weight's `requires_grad` set to `flag` inside the block (autocast caches the casts of
+    those that require grad), and set back after."""
+    before = [p.requires_grad for p in model.hf.parameters()]
+    model.hf.requires_grad_(flag)
+    try:
+        yield
+    finally:
+        for p, g in zip(model.hf.parameters(), before):
+            p.requires_grad_(g)
+
+
+@contextlib.contextmanager
+def training_mode(model: Model, bf16: bool) -> Iterator[None]:
+    """The region an optimisation runs in (see the module doc)."""
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(reuse_heap())
+        stack.enter_context(model.native())
+        if bf16:
+            stack.enter_context(torch.autocast(model.device.type, dtype=torch.bfloat16))
+        if model.device.type == "cpu":
+            stack.enter_context(sdpa_kernel([SDPBackend.MATH]))
+        yield
+
+
+def replay_below(model: Model, first: int, output):
+    """Layers 0..first-1 do no work: each returns `output`, the block output of layer first-1
+    recorded once (so layer `first` sees the same input as in the full model)."""
+    return forwards_replaced((model.layer(l), lambda *args, **kwargs: output) for l in range(first))
