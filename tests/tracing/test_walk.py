@@ -9,7 +9,6 @@ import sys
 import pytest
 import torch
 
-from tracelab.heap import reuse_heap
 from tracelab.tracing.llama_layer import LLAMA_LIKE, LlamaLayers
 from tracelab.models.tiny import tiny_model
 from tracelab.tracing import GaussianNoise

@@ -86,7 +86,7 @@ def weights_to_tune(model: Model, layers: Sequence[int], matrices: str) -> list[
     return [(l, n) for l in layers for n in linear if n.startswith(f"{model._layer_path(l, model.arch.mlp)}.")]
 
 
-def _batch(model: Model, requests: Sequence[Request]):
+def target_batch(model: Model, requests: Sequence[Request]):
     """Right-padded prompt + target ids `[n, pos]`, the mask, and per request (prompt length, target ids)."""
     pad = model.tokenizer.pad_token_id
     rows = []
@@ -122,7 +122,7 @@ def finetune_deltas(model: Model, requests: Sequence[Request], chosen: Sequence[
     deltas = {n: torch.zeros_like(model.parameter(n), dtype=torch.float32, requires_grad=True) for n in names}
     trained = list(deltas.values())
     opt = torch.optim.Adam(trained, lr=params.lr, weight_decay=params.weight_decay)
-    ids, mask, spans = _batch(model, requests)
+    ids, mask, spans = target_batch(model, requests)
     first = min(l for l, _ in chosen)
     losses = []
     with weights_require_grad(model, params.bf16), training_mode(model, params.bf16):

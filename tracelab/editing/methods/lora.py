@@ -27,7 +27,7 @@ from ..registry import Context, Method, register
 from ..requests import Request
 from ..toolkit.compute import training_mode
 from ..toolkit.deltas import linear_weights
-from .ft import _batch, edit_loss
+from .ft import edit_loss, target_batch
 
 
 @dataclass
@@ -87,7 +87,7 @@ def lora_factors(model: Model, requests: Sequence[Request], names: Sequence[str]
     conv1d = any(not isinstance(model.module(m), nn.Linear) for m in modules)  # GPT-2: weight [in, out]
     config = LoraConfig(r=params.r, lora_alpha=params.alpha, lora_dropout=params.dropout, bias="none",
                         target_modules=modules, fan_in_fan_out=conv1d)
-    ids, mask, spans = _batch(model, requests)
+    ids, mask, spans = target_batch(model, requests)
     losses = []
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(params.seed)
