@@ -69,7 +69,7 @@ def run(model, records, method: str, params, layer: int) -> dict:
     changed = [r["edit"]["parameters"] for r in res.rows if r.get("edit")]
     s = res.summary
     return {"n": len(res.rows), "pre": s.get("pre", {}), "post": s.get("post", {}),
-            "median_edit_s": statistics.median(times) if times else None,
+            "median_edit_s": statistics.median(times) if times else None, "edit_s": times,
             "parameters_changed": statistics.median(changed) if changed else None, "params": params.to_dict()}
 
 
@@ -154,6 +154,9 @@ def main() -> None:
             entry["best"] = {"overrides": best["overrides"],
                              "counterfact": run(model, counterfact, method, params_for(method, overrides), args.layer)}
             print(f"  best {best['overrides']}: CF {entry['best']['counterfact']['post']}", flush=True)
+        # the performance targets' median: every edit made at the defaults (CounterFact and zsRE)
+        every = entry["counterfact"]["edit_s"] + entry["zsre"]["edit_s"]
+        entry["defaults_median_edit_s"], entry["defaults_edits"] = statistics.median(every), len(every)
         entry["seconds"] = time.perf_counter() - t
         out["methods"][method] = entry
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -170,7 +173,7 @@ def print_table(out: dict) -> None:
         cf, zs = e["counterfact"], e["zsre"]
         print(f"{name + ' (defaults)':<22}" + "".join(f"{cf['post'].get(c, float('nan')):7.1f}" for c in cols)
               + " |" + "".join(f"{zs['post'].get(c, float('nan')):7.1f}" for c in z)
-              + f" | {cf['median_edit_s'] or 0:.2f}  {cf['parameters_changed']}")
+              + f" | {e.get('defaults_median_edit_s') or 0:.2f}  {cf['parameters_changed']}")
         if "best" in e:
             b = e["best"]["counterfact"]
             print(f"{name + ' (dev best)':<22}" + "".join(f"{b['post'].get(c, float('nan')):7.1f}" for c in cols)

@@ -77,7 +77,7 @@ def tensor_hash(t: torch.Tensor) -> str:
     """sha256 of a tensor's bytes (dtype and shape included), first 16 hex digits."""
     t = t.detach().to("cpu").contiguous()
     digest = hashlib.sha256(f"{t.dtype}{tuple(t.shape)}".encode())
-    digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")  # 0-dim too
     return digest.hexdigest()[:16]
 
 

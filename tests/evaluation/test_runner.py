@@ -10,6 +10,7 @@ import torch
 import tracelab as tl
 from tracelab.editing import MemitParams, RomeParams, ValueParams, journal, key_stats
 from tracelab.evaluation import get_suite, read_records
+from tracelab.models.text import perplexity
 from tracelab.models.tiny import tiny_model
 
 RECORDS = [{"subject": s, "prompt": f"The city of {s}", "target_new": t, "ground_truth": "Paris",
@@ -47,6 +48,31 @@ def test_single_batch_and_sequential_modes(model_and_stats):
                           params=FAST_MEMIT, progress=False)
     assert len(chunked.meta["edit_seconds"]) == 2
     assert all(torch.equal(v, model.hf.state_dict()[k]) for k, v in before.items()) and len(journal(model)) == 0
+
+
+def test_a_memory_stream_with_model_health_at_each_checkpoint():
+    model = tiny_model("llama")
+    held_out = ["The weather was mild and the roads were quiet.", "A dog is a domesticated animal."]
+    health = lambda m: {"perplexity": perplexity(m, held_out)}
+    seq = tl.evaluate(model, RECORDS, "grace", mode="sequential", checkpoints=(1, 2), layer=2, at_checkpoint=health,
+                      progress=False)
+    assert sorted(seq.checkpoints) == [1, 2, 3] and seq.meta["edit_parameters"] == [2 * model.d_model + 2] * 3
+    # GRACE's keys are far from the held-out text: its perplexity does not move
+    assert all(c["perplexity"] == seq.meta["before"]["perplexity"] for c in seq.checkpoints.values())
+    assert seq.checkpoints[3]["easyedit.reliability"] > seq.summary["pre"]["easyedit.reliability"]
+    assert len(journal(model)) == 0 and perplexity(model, held_out) == seq.meta["before"]["perplexity"]
+
+
+def test_perplexity_is_the_mean_token_nll():
+    model = tiny_model("llama")
+    text = "The city of Rome"
+    ids = model.tokenizer(text, return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        nll = torch.nn.functional.cross_entropy(model.hf(ids).logits[0, :-1], ids[0, 1:])
+    assert perplexity(model, [text]) == pytest.approx(float(nll.exp()), rel=1e-5)
+    assert perplexity(model, [text, text + " and Paris"]) != perplexity(model, [text])
+    with pytest.raises(ValueError, match="two tokens"):
+        perplexity(model, ["a"])
 
 
 def test_modes_a_method_cannot_run_are_refused(model_and_stats):

@@ -14,17 +14,18 @@ corpus, k*, v*/z, float64 solves).
 
 from . import registry
 from .api import edit
-from .changes import Change, HookPatch, ParamDelta, PatchModule, PromptContext, register_patch
+from .changes import Change, HookPatch, ParamDelta, PromptContext
+from .patches import PatchModule, register_patch
 from .journal import Edit, EditDelta, Journal, journal
-from .methods import (AlphaEditParams, FTLParams, FTMParams, FTParams, IKEParams, KNParams, LoRAParams, MemitParams,
-                      RomeParams)
+from .methods import (AlphaEditParams, FTLParams, FTMParams, FTParams, GraceParams, IKEParams, KNParams, LoRAParams,
+                      MemitParams, RomeParams)
 from .registry import Method, register
 from .requests import Request
 from .toolkit.corpus import Corpus, corpus
 from .toolkit.stats import KeyStats, key_stats
 from .toolkit.values import ValueParams
 
-__all__ = ["AlphaEditParams", "Change", "Corpus", "Edit", "EditDelta", "FTLParams", "FTMParams", "FTParams", "HookPatch",
-           "IKEParams", "Journal", "KNParams", "KeyStats", "LoRAParams", "MemitParams", "Method", "ParamDelta",
+__all__ = ["AlphaEditParams", "Change", "Corpus", "Edit", "EditDelta", "FTLParams", "FTMParams", "FTParams",
+           "GraceParams", "HookPatch", "IKEParams", "Journal", "KNParams", "KeyStats", "LoRAParams", "MemitParams", "Method", "ParamDelta",
            "PatchModule", "PromptContext", "Request", "RomeParams", "ValueParams", "corpus", "edit", "journal",
            "key_stats", "register", "register_patch", "registry"]

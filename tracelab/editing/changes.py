@@ -28,7 +28,7 @@ from torch import nn
 
 from ..io import tensor_hash, tensors_hash
 from ..models import Model
-from ..models.hooks import install
+from .patches import PATCH_MODULES, PatchModule, attach, register_patch  # noqa: F401 (re-exported)
 
 FORMAT = 2  # of saved changes and journals; 1 was the dense MLP-output WeightDelta
 
@@ -37,6 +37,9 @@ class Change:
     """What every kind of change provides; see the module doc."""
 
     kind: ClassVar[str]
+    # reverting it leaves later changes to the same target as they are (a hook or a prompt context
+    # leaves a list; a weight goes back to its value before, which would drop later deltas)
+    reverts_alone: ClassVar[bool] = True
     state: dict[str, torch.Tensor]
     hash_before: str
     hash_after: str
@@ -105,6 +108,7 @@ class ParamDelta(Change):
     """
 
     kind: ClassVar[str] = "param"
+    reverts_alone: ClassVar[bool] = False
     name: str
     dense: torch.Tensor | None = field(default=None, repr=False)
     factors: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, repr=False)
@@ -212,31 +216,6 @@ class ParamDelta(Change):
         return cls(meta["name"], tensors.get("delta"), factors, meta.get("layer"), state)
 
 
-class PatchModule(nn.Module):
-    """A module a `HookPatch` installs at a site: `forward(x [batch, pos, width]) -> x'`.
-
-        >>> @register_patch
-        ... class AddVector(PatchModule):
-        ...     def __init__(self, width: int): super().__init__(); self.v = nn.Parameter(torch.zeros(width))
-        ...     def forward(self, x): return x + self.v
-
-    `config()` gives the keyword arguments that rebuild it (saved as JSON; its tensors come from
-    `state_dict`). Register subclasses with `register_patch` so a saved journal can rebuild them.
-    """
-
-    def config(self) -> dict[str, Any]:
-        return {}
-
-
-PATCH_MODULES: dict[str, type[PatchModule]] = {}
-
-
-def register_patch(cls: type[PatchModule]) -> type[PatchModule]:
-    """Make a `PatchModule` class loadable by name (a decorator)."""
-    PATCH_MODULES[cls.__name__] = cls
-    return cls
-
-
 def _params_hash(module: nn.Module) -> str:
     return tensors_hash(dict(module.state_dict()))
 
@@ -286,7 +265,7 @@ class HookPatch(Change):
             raise ValueError(f"the patch at {self.site} is already applied")
         self.hash_before = self._site_hash(model)
         self.module.to(model.device)
-        self._handle = install(model, model.site(self.site), self.module)
+        self._handle = attach(model, model.site(self.site), self.module)
         self.hash_after = _params_hash(self.module)
 
     def revert(self, model: Model) -> None:

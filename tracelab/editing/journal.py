@@ -161,12 +161,13 @@ class Journal:
         return edit
 
     def undo(self, edit: Edit) -> None:
-        """Undo one edit. Refused (ValueError, nothing changed) when a later edit changed one of
-        the same things: undo that one first (or `undo_all`)."""
+        """Undo one edit. Refused (ValueError, nothing changed) when a later edit changed a weight
+        this one changed: undo that one first (or `undo_all`). Hooks and prompt contexts come out of
+        the middle of a stream exactly (`Change.reverts_alone`)."""
         if edit not in self.edits:
             raise ValueError("this edit is not in the journal (already undone?)")
         later = self.edits[self.edits.index(edit) + 1:]
-        targets = {c.target for c in edit.changes}
+        targets = {c.target for c in edit.changes if not c.reverts_alone}
         blocking = sorted(targets & {c.target for e in later for c in e.changes})
         if blocking:
             raise ValueError(

@@ -37,7 +37,8 @@ def evaluate(
     model: Model, records: str | Path | Iterable[Mapping | Record] | Edit,
     intervention: str | Edit | Callable[[], ContextManager] | None = None, *, method: str | None = None,
     suite: str | Suite | None = None, mode: str | None = None, checkpoints: Sequence[int] = CHECKPOINTS,
-    batch_size: int = 1, limit: int | None = None, generation: bool = False, progress: bool = True,
+    batch_size: int = 1, at_checkpoint: Callable[[Model], dict] | None = None, limit: int | None = None,
+    generation: bool = False, progress: bool = True,
     **edit_kwargs: Any,
 ) -> EvalResult:
     """Score `records` before and after `intervention`.
@@ -51,7 +52,8 @@ def evaluate(
     "zsre", "known": its default data), or an applied `Edit` (its requests are the records).
     `intervention` (or `method=`): None (score the model as it is: "pre" only), a registered
     method name (see `runner` for `mode` — "single" by default for one-at-a-time methods, "batch"
-    for the others, or "sequential" with `checkpoints` and `batch_size`), an applied `Edit`
+    for the others, or "sequential" with `checkpoints`, `batch_size` and `at_checkpoint(model) -> dict`
+    for more figures at each checkpoint, e.g. a held-out perplexity), an applied `Edit`
     (before = the journal's unedited model), or a callable returning a context manager during
     which the intervention is active. `suite`: how cases are scored (default: from the records'
     format; `generation=True` adds CounterFact's fluency). `edit_kwargs` go to `tracelab.edit`.
@@ -79,4 +81,4 @@ def evaluate(
         raise ValueError("no records to evaluate")
     chosen = given or get_suite(suite_for(cases), generation=generation)
     return run(model, chosen, cases, intervention, mode=mode, checkpoints=checkpoints, batch_size=batch_size,
-               edit_kwargs=edit_kwargs, progress=progress)
+               at_checkpoint=at_checkpoint, edit_kwargs=edit_kwargs, progress=progress)

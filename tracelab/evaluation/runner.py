@@ -71,9 +71,11 @@ def _scored_in(context: Callable[[], ContextManager], fn):
 
 def run(model: Model, suite: Suite, cases: Sequence[Record], intervention: Any = None, *,
         mode: str | None = None, checkpoints: Sequence[int] = CHECKPOINTS, batch_size: int = 1,
-        edit_kwargs: dict | None = None, progress: bool = True) -> EvalResult:
+        at_checkpoint: Callable[[Model], dict] | None = None, edit_kwargs: dict | None = None,
+        progress: bool = True) -> EvalResult:
     """Score `cases` with `suite` before and after `intervention`; see the module doc. The model
-    is as it was afterwards (every edit made here is undone)."""
+    is as it was afterwards (every edit made here is undone). `at_checkpoint(model) -> dict`
+    (sequential mode): more figures at each checkpoint and before the first edit (perplexity)."""
     mode = check_mode(suite, intervention, mode)
     edit_kwargs = dict(edit_kwargs or {})
     t0 = time.perf_counter()
@@ -109,13 +111,14 @@ def run(model: Model, suite: Suite, cases: Sequence[Record], intervention: Any =
             e.undo()
         meta["edit_seconds"] = e.info.get("total_seconds")
     else:
-        rows, meta = _sequential(model, suite, cases, intervention, checkpoints, batch_size, edit_kwargs, bar)
+        rows, meta = _sequential(model, suite, cases, intervention, checkpoints, batch_size, at_checkpoint,
+                                 edit_kwargs, bar)
     return EvalResult(rows, {"model": model.name, "suite": suite.name, "intervention": label, "mode": mode,
                              "cases": len(cases), "seconds": time.perf_counter() - t0, "percent": list(suite.percent),
                              "edit_kwargs": {k: str(v) for k, v in edit_kwargs.items()}, **meta})
 
 
-def _sequential(model, suite, cases, method, checkpoints, batch_size, edit_kwargs, bar):
+def _sequential(model, suite, cases, method, checkpoints, batch_size, at_checkpoint, edit_kwargs, bar):
     """Edits applied one batch after another, no undo in between; every case edited so far is
     scored at each checkpoint. Returns `(rows, meta)`; rows' `post` is at the last checkpoint."""
     if not isinstance(batch_size, int) or batch_size < 1:
@@ -123,7 +126,9 @@ def _sequential(model, suite, cases, method, checkpoints, batch_size, edit_kwarg
     n = len(cases)
     at = sorted({c for c in checkpoints if isinstance(c, int) and 0 < c < n} | {n})
     pres = [suite.score(model, c) for c in bar]
-    edits, summaries, posts, seconds = [], {}, [], []
+    edits, summaries, posts, seconds, sizes = [], {}, [], [], []
+    health = at_checkpoint or (lambda model: {})
+    before = health(model)
     try:
         for start in range(0, n, batch_size):
             chunk = cases[start:start + batch_size]
@@ -132,13 +137,14 @@ def _sequential(model, suite, cases, method, checkpoints, batch_size, edit_kwarg
                         **edit_kwargs)
             edits.append(e)
             seconds.append(e.info.get("total_seconds", 0.0))
+            sizes.append(sum(c.size for c in e.changes))
             done = start + len(chunk)
             for checkpoint in [c for c in at if start < c <= done]:
                 posts = [suite.score(model, c, ref)[0] for c, (_, ref) in zip(cases[:checkpoint], pres)]
-                summaries[checkpoint] = summarise(posts, suite.percent)
+                summaries[checkpoint] = {**summarise(posts, suite.percent), **health(model)}
     finally:
         for e in reversed(edits):  # newest first: each undo finds its weights as it left them
             e.undo()
     rows = [_row(c, pre, post) for c, (pre, _), post in zip(cases, pres, posts)]
     return rows, {"checkpoints": {str(k): v for k, v in summaries.items()}, "batch_size": batch_size,
-                  "edit_seconds": seconds}
+                  "edit_seconds": seconds, "edit_parameters": sizes, "before": before}

@@ -1,4 +1,4 @@
-"""Text in and out of a model: padded batches, generation, teacher-forced target scores.
+"""Text in and out of a model: padded batches, generation, teacher-forced target scores, perplexity.
 
     >>> batch = padded(model, ["a prompt", "a longer prompt"], side="left")   # input_ids, attention_mask
     >>> batch, new = generate(model, ["I thought the movie was"], 5)         # greedy, new ids [1, 5]
@@ -74,3 +74,23 @@ def target_log_probs(model, texts: Sequence[str], targets: Sequence[str], batch_
         for j, (_, n, tgt) in enumerate(rows):
             out.append((logits[j, n - 1:n - 1 + len(tgt)].float().log_softmax(-1), tgt))
     return out
+
+
+@torch.no_grad()
+def perplexity(model, texts: Sequence[str], *, batch_size: int = 8, max_length: int = 256) -> float:
+    """exp(mean NLL per predicted token) over `texts` (each truncated to `max_length` tokens),
+    with whatever hooks are active: the model-health figure of a stream of edits.
+
+        >>> perplexity(model, ["A dog is a domesticated descendant of the wolf."])   # ≈ 20
+    """
+    total, count = 0.0, 0
+    for i in range(0, len(texts), batch_size):
+        batch = padded(model, texts[i:i + batch_size], max_length=max_length)
+        with model.native():
+            logits = model.hf(**batch).logits[:, :-1].float()
+        ids, mask = batch["input_ids"][:, 1:], batch["attention_mask"][:, 1:].bool()
+        nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), ids, reduction="none")   # [batch, pos-1]
+        total, count = total + float(nll[mask].sum()), count + int(mask.sum())
+    if count == 0:
+        raise ValueError("perplexity needs texts of at least two tokens")
+    return float(torch.exp(torch.tensor(total / count)))

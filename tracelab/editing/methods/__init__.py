@@ -1,14 +1,15 @@
 """The registered editing methods, one module each (importing this package registers them).
 
     >>> from tracelab.editing import registry
-    >>> registry.names()            # ['alphaedit', 'ft-l', 'ft-m', 'ike', 'kn', 'lora', 'memit', 'rome']
+    >>> registry.names()            # ['alphaedit', 'ft-l', 'ft-m', 'grace', 'ike', 'kn', 'lora', 'memit', 'rome']
 
 `DEFAULT` is what `tl.edit` uses when no method is named.
 """
 
-from . import alphaedit, ft, ike, kn, lora, memit, rome  # noqa: F401  (each registers itself)
+from . import alphaedit, ft, grace, ike, kn, lora, memit, rome  # noqa: F401  (each registers itself)
 from .alphaedit import AlphaEditParams
 from .ft import FTLParams, FTMParams, FTParams
+from .grace import GraceParams
 from .ike import IKEParams
 from .kn import KNParams
 from .lora import LoRAParams
@@ -17,5 +18,5 @@ from .rome import RomeParams
 
 DEFAULT = "rome"
 
-__all__ = ["AlphaEditParams", "DEFAULT", "FTLParams", "FTMParams", "FTParams", "IKEParams", "KNParams", "LoRAParams",
+__all__ = ["AlphaEditParams", "DEFAULT", "FTLParams", "FTMParams", "FTParams", "GraceParams", "IKEParams", "KNParams", "LoRAParams",
            "MemitParams", "RomeParams"]

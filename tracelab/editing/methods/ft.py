@@ -30,7 +30,7 @@ from ...models import Model
 from ..changes import Change, ParamDelta
 from ..registry import Context, Method, register
 from ..requests import Request
-from ..toolkit.compute import replay_below, training_mode, weights_require_grad
+from ..toolkit.compute import block_output, replay_below, training_mode, weights_require_grad
 from ..toolkit.deltas import added, linear_weights
 
 MATRICES = ("mlp_out", "mlp")
@@ -126,7 +126,7 @@ def finetune_deltas(model: Model, requests: Sequence[Request], chosen: Sequence[
     first = min(l for l, _ in chosen)
     losses = []
     with weights_require_grad(model, params.bf16), training_mode(model, params.bf16):
-        below = _block_output(model, first - 1, ids, mask) if first > 0 else None
+        below = block_output(model, first - 1, ids, mask) if first > 0 else None
         replay = replay_below(model, first, below) if first > 0 else contextlib.nullcontext()
         with replay, added(model, deltas), torch.enable_grad():
             for _ in range(params.steps):
@@ -141,19 +141,6 @@ def finetune_deltas(model: Model, requests: Sequence[Request], chosen: Sequence[
                         for d in trained:
                             d.clamp_(-params.epsilon, params.epsilon)
     return {n: d.detach() for n, d in deltas.items()}, {"loss": losses}
-
-
-@torch.no_grad()
-def _block_output(model: Model, layer: int, ids, mask):
-    """What decoder layer `layer` returns on `ids` (as the module returns it), computed once."""
-    recorded = {}
-    handle = model.layer(layer).register_forward_hook(lambda m, a, o: recorded.setdefault("out", o))
-    try:
-        with model.record([model.resid(layer)], stop=True):
-            model.hf(input_ids=ids, attention_mask=mask)
-    finally:
-        handle.remove()
-    return recorded["out"]
 
 
 class _FineTune(Method):

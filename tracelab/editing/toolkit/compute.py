@@ -58,3 +58,17 @@ def replay_below(model: Model, first: int, output):
     """Layers 0..first-1 do no work: each returns `output`, the block output of layer first-1
     recorded once (so layer `first` sees the same input as in the full model)."""
     return forwards_replaced((model.layer(l), lambda *args, **kwargs: output) for l in range(first))
+
+
+@torch.no_grad()
+def block_output(model: Model, layer: int, ids: torch.Tensor, mask: torch.Tensor):
+    """What decoder layer `layer` returns on `ids` (as the module returns it), computed once (the
+    `output` that `replay_below(model, layer + 1, output)` replays)."""
+    recorded = {}
+    handle = model.layer(layer).register_forward_hook(lambda m, a, o: recorded.setdefault("out", o))
+    try:
+        with model.record([model.resid(layer)], stop=True):
+            model.hf(input_ids=ids, attention_mask=mask)
+    finally:
+        handle.remove()
+    return recorded["out"]

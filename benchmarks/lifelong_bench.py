@@ -1,0 +1,132 @@
+"""Lifelong editing: one stream of T edits with no undo, every edited case scored at checkpoints.
+
+    $ python benchmarks/lifelong_bench.py                                  # T = 500, the methods below
+    $ python benchmarks/lifelong_bench.py --methods grace,rome --T 100 --suites zsre
+    $ python benchmarks/lifelong_bench.py --methods memit --merge          # add one, keep the rest
+
+Per method and suite, through `tl.evaluate(mode="sequential")`: the first T records edited in
+order (zsRE: records 500.. of zsre-sample.json, EasyEdit's reliability / generality / locality;
+CounterFact: the known records of edit_bench, ROME's efficacy / paraphrase / neighbourhood), all
+cases edited so far scored at each checkpoint; the perplexity of a held-out text (WordNet glosses
+from the end of the corpus, which key statistics never read) before the stream and at each
+checkpoint; seconds per edit (median); numbers added or changed per edit (median). Writes
+benchmarks/results/lifelong.json and lifelong.png; run alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from edit_bench import ROOT, known_records
+from host import host_record
+
+RESULTS = ROOT / "benchmarks" / "results" / "lifelong.json"
+ZSRE = ROOT.parent / "shared" / "data" / "zsre-sample.json"
+# How each method is called in the stream: the layers of edit_bench (ROME's, MEMIT's window).
+EDIT_KWARGS = {"rome": {"layer": 4}, "memit": {"layers": [2, 3, 4, 5, 6]}, "alphaedit": {"layers": [2, 3, 4, 5, 6]},
+               "ft-l": {"layer": 4}, "grace": {}}
+METRICS = {"zsre": ("easyedit.reliability", "easyedit.generality", "easyedit.locality"),
+           "counterfact": ("rome.efficacy_score", "rome.paraphrase_score", "rome.neighborhood_score")}
+PUBLISHED = ("WISE (Wang et al. 2024, Table 2), LLaMA-2-7B, ZsRE, T = 1000, rel. / gen. / loc.: GRACE 0.93 / 0.08 / "
+             "1.00, WISE 0.77 / 0.72 / 1.00 (as the issue quotes them; the paper's text was not available offline)")
+
+
+def held_out_texts(n: int = 16) -> list[str]:
+    """The last `n` paragraphs of the default statistics corpus (its first ones feed key statistics)."""
+    from tracelab.editing import corpus
+
+    texts = list(corpus("wordnet").texts())
+    return texts[-n:]
+
+
+def records(model, suite: str, T: int):
+    from tracelab.evaluation import read_records
+
+    if suite == "zsre":
+        return read_records(ZSRE)[500:500 + T]
+    known, _ = known_records(model, 10_000)
+    return known[:T]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--methods", default="grace,rome,memit,alphaedit,ft-l")
+    p.add_argument("--suites", default="zsre,counterfact")
+    p.add_argument("--T", type=int, default=500, help="edits in each stream")
+    p.add_argument("--checkpoints", default="1,10,100,500")
+    p.add_argument("--merge", action="store_true", help="keep the runs of lifelong.json this run does not redo")
+    p.add_argument("--out", default=str(RESULTS))
+    args = p.parse_args()
+    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    os.environ.setdefault("TRACELAB_DATA", str(ROOT.parent / "shared" / "data"))
+    import tracelab as tl
+    from tracelab.models.text import perplexity
+
+    model = tl.load_model()
+    out = json.loads(Path(args.out).read_text()) if args.merge and Path(args.out).exists() else {}
+    out.update({"model": model.name, "args": vars(args), "host": host_record(model), "published": PUBLISHED})
+    out.setdefault("runs", {})
+    texts = held_out_texts()
+    health = lambda m: {"perplexity": perplexity(m, texts)}
+    checkpoints = [int(c) for c in args.checkpoints.split(",")]
+    for suite in args.suites.split(","):
+        cases = records(model, suite, args.T)
+        for method in args.methods.split(","):
+            t = time.perf_counter()
+            res = tl.evaluate(model, cases, method, mode="sequential", checkpoints=checkpoints, at_checkpoint=health,
+                              progress=False, **EDIT_KWARGS.get(method, {}))
+            out["runs"][f"{method}/{suite}"] = {
+                "method": method, "suite": suite, "T": len(cases), "pre": res.summary["pre"],
+                "checkpoints": res.meta["checkpoints"], "before": res.meta["before"],
+                "median_edit_s": statistics.median(res.meta["edit_seconds"]),
+                "median_parameters": statistics.median(res.meta["edit_parameters"]),
+                "edit_kwargs": EDIT_KWARGS.get(method, {}), "seconds": time.perf_counter() - t}
+            last = res.meta["checkpoints"][str(len(cases))]
+            print(f"{method}/{suite} T={len(cases)}: " + " ".join(f"{k.split('.')[-1]} {last.get(k, float('nan')):.1f}"
+                  for k in METRICS[suite]) + f" ppl {last['perplexity']:.2f} (before {res.meta['before']['perplexity']:.2f})"
+                  f" {out['runs'][f'{method}/{suite}']['median_edit_s']:.1f}s/edit", flush=True)
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.out).write_text(json.dumps(out, indent=1))
+    print_table(out)
+    figure(out, Path(args.out).with_suffix(".png"))
+    print(f"wrote {args.out}")
+
+
+def print_table(out: dict) -> None:
+    print(f"\n{'method/suite':<24}{'T':>5}  {'m1':>6}{'m2':>6}{'m3':>6}  ppl (before)  s/edit  numbers/edit")
+    for name, r in out["runs"].items():
+        for T, c in r["checkpoints"].items():
+            print(f"{name:<24}{T:>5}  " + "".join(f"{c.get(k, float('nan')):6.1f}" for k in METRICS[r["suite"]])
+                  + f"  {c['perplexity']:.2f} ({r['before']['perplexity']:.2f})  {r['median_edit_s']:.2f}"
+                  f"  {r['median_parameters']:.0f}")
+
+
+def figure(out: dict, path: Path) -> None:
+    """One panel per (suite, metric): the score of every edited case against T, one line per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    suites = sorted({r["suite"] for r in out["runs"].values()})
+    fig, axes = plt.subplots(len(suites), 4, figsize=(14, 3.2 * len(suites)), squeeze=False)
+    for row, suite in zip(axes, suites):
+        for ax, metric in zip(row, (*METRICS[suite], "perplexity")):
+            for r in (r for r in out["runs"].values() if r["suite"] == suite):
+                Ts = sorted(int(t) for t in r["checkpoints"])
+                ax.plot(Ts, [r["checkpoints"][str(t)].get(metric) for t in Ts], marker="o", label=r["method"])
+            ax.set_xscale("log"), ax.set_xlabel("edits in the stream (T)"), ax.set_title(f"{suite}: {metric}")
+        row[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+if __name__ == "__main__":
+    main()
