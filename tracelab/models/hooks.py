@@ -30,7 +30,8 @@ class Site:
 
     `name` is self-explaining (`embed`, `blocks.{l}.resid`, `blocks.{l}.attn_out`,
     `blocks.{l}.mlp_out`, `blocks.{l}.mlp_key`); `module` is its dotted path in the HF model;
-    `io` is "output" or "input". Shape of the tensor: `[batch, pos, width]`.
+    `io` is "output" or "input". Shape of the tensor: `[batch, pos, width]`. A "call" site
+    (`blocks.{l}.mlp`: the MLP as a function) is for patches only: `fn(input, output) -> output`.
     """
 
     name: str
@@ -78,7 +79,7 @@ class _Hooks:
         return new if new is None or view is x else new.reshape(x.shape)
 
     def add(self, site: Site, fn: SiteFn | None, stop: bool = False) -> None:
-        def after(value):
+        def after(value, fn=fn):
             if fn is not None:
                 new = self._call(fn, _first(value))
                 if new is not None:
@@ -87,9 +88,15 @@ class _Hooks:
                 raise StopForward
             return value
 
+        def call(module, args, output):  # fn(input, output) -> output, both [batch, pos, width]
+            x = site_view(_first(args), *self.batch_pos) if self.batch_pos else _first(args)
+            return after(output, None if fn is None else lambda y: fn(x, y))
+
         module = self.model.hf.get_submodule(site.module)
         if site.io == "output":
             self.handles.append(module.register_forward_hook(lambda module, args, output: after(output)))
+        elif site.io == "call":
+            self.handles.append(module.register_forward_hook(call))
         else:
             self.handles.append(module.register_forward_pre_hook(lambda module, args: after(args)))
 
@@ -156,6 +163,10 @@ def record(
     execution (only layers up to it run). With `detach=False` gradients flow through the record.
     """
     cache: dict[str, torch.Tensor] = {}
+    calls = [s.name for s in sites if s.io == "call"]
+    if calls:
+        raise ValueError(f"{calls} are the MLP as a function (input, output), for patches: record "
+                         "blocks.<l>.mlp_out for its output")
 
     def keep(name: str) -> SiteFn:
         def fn(x: torch.Tensor) -> None:

@@ -1,0 +1,233 @@
+"""T-Patcher (Huang et al., ICLR 2023, "one mistake worth one neuron"): neurons added to one MLP,
+trained to fire on the edit and stay silent on everything else.
+
+    >>> tl.edit(model, subject="Lyon", prompt="{} is in", target="Italy", method="t-patcher")   # last layer
+    >>> tl.evaluate(model, "zsre", method="t-patcher", mode="sequential")
+
+Each edit adds `neurons` patch neurons to the MLP of layer l (its input x, its output y):
+
+    y ← y + relu(a) V,   a = x Kᵀ + b                      keys K [n, d], bias b [n], values V [n, d]
+    L = L_edit + α L_act + μ L_mem                          (Adam, until the edit holds and memory is silent)
+    L_edit = −mean_j log p(y_j | x, y_<j)                   the target, teacher forced
+    L_act  = mean exp(m_act − a_e)                          a_e: the activation at the prompt's last token
+    L_mem  = mean_top-k exp(a_i − a_e + m₁) + mean_top-k exp(a_i − m₂)   a_i: on the memory set
+
+Defaults are the paper's code (α 1, μ 5, m_act 0, m₁ 3, m₂ −3, top-k 1000 memory / 5 activation
+terms, Adam lr 1e-2 with weight decay 0.01, keys started at q/‖q‖² so that a_e = 1, values ×10).
+Scaled to this setting: the memory set is the MLP inputs at every token of `memory` prompts of the
+CounterFact training split (the paper: 40,000 BART states), and the patch neuron is a ReLU (a
+Llama MLP is gated, so it has no single-key neuron to copy; below zero a ReLU neuron adds exactly
+nothing, which is what the memory loss's margin asks for). Values start at zero (the paper: random),
+so the model is unchanged until training moves them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ...data import shared_data
+from ...models import Model
+from ..changes import Change, HookPatch
+from ..patches import PatchModule, attach, register_patch
+from ..registry import Context, Method, register
+from ..requests import Request
+from ..toolkit.compute import block_output, replay_below, training_mode, weights_require_grad
+from .ft import edit_loss, target_batch
+
+
+@dataclass
+class TPatcherParams:
+    """`neurons` per edit; `steps`: at most this many Adam steps (it stops once the target is the
+    greedy continuation and no memory state fires); `memory`: how many training-split prompts
+    give the memory set, or a path to a JSON list of texts."""
+
+    neurons: int = 1
+    steps: int = 200
+    lr: float = 1e-2
+    weight_decay: float = 0.01
+    act_weight: float = 1.0
+    memory_weight: float = 5.0
+    act_margin: float = 0.0
+    margin_1: float = 3.0
+    margin_2: float = -3.0
+    top_k: int = 1000
+    amplify: float = 10.0
+    memory: int | str = 500
+    bf16: bool = True  # the model's matmuls in bf16 autocast (the patch's own math stays float32)
+
+    def __post_init__(self) -> None:
+        for name in ("neurons", "steps", "top_k"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"{name} must be a positive int, got {getattr(self, name)!r}")
+        if not self.lr > 0 or not self.amplify > 0:
+            raise ValueError(f"lr and amplify must be > 0, got lr={self.lr!r}, amplify={self.amplify!r}")
+        if self.margin_2 > 0 or self.margin_1 < 0:
+            raise ValueError(f"margin_1 must be ≥ 0 and margin_2 ≤ 0 (memory below both), got {self.margin_1}, "
+                             f"{self.margin_2}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@register_patch
+class PatchNeurons(PatchModule):
+    """`n` neurons added to an MLP: `forward(x, y) = y + relu(x Kᵀ + b) V` (x, y `[batch, pos, d]`)."""
+
+    def __init__(self, width: int, n: int = 1):
+        super().__init__()
+        self.keys = nn.Parameter(torch.zeros(n, width), requires_grad=False)
+        self.bias = nn.Parameter(torch.zeros(n), requires_grad=False)
+        self.values = nn.Parameter(torch.zeros(n, width), requires_grad=False)
+
+    def config(self) -> dict:
+        return {"width": self.keys.shape[1], "n": self.keys.shape[0]}
+
+    def activations(self, x: torch.Tensor) -> torch.Tensor:
+        """a = x Kᵀ + b `[..., n]` (before the ReLU)."""
+        with torch.autocast(x.device.type, enabled=False):
+            return x.float() @ self.keys.T + self.bias
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return y + (torch.relu(self.activations(x)) @ self.values).to(y.dtype)
+
+
+def memory_texts(memory: int | str, requests: list[Request]) -> list[str]:
+    """The memory set's prompts: the first `memory` prompts of the CounterFact training split (or a
+    JSON list of texts); ValueError if one of them is an edit's prompt or names its subject."""
+    if isinstance(memory, int):
+        source = shared_data("counterfact-train.json")
+        texts = [r["prompt"] for r in json.loads(source.read_text())[:memory]]
+    else:
+        texts = json.loads(Path(memory).read_text())
+        if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
+            raise ValueError(f"{memory} must hold a JSON list of texts")
+    for r in requests:
+        clash = [t for t in texts if t == r.text or r.subject in t]
+        if clash:
+            raise ValueError(f"the memory set overlaps the edit of {r.subject!r} ({clash[0]!r}): memory must be "
+                             "unrelated text, never the edited facts")
+    return texts
+
+
+_MEMORY: dict = {}  # (model, layer, texts, what the states depend on) -> [tokens, d]
+
+
+@torch.no_grad()
+def mlp_inputs(model: Model, layer: int, texts: list[str], batch_size: int = 64, bf16: bool = False) -> torch.Tensor:
+    """The MLP input of `layer` at every (non-pad) token of `texts` `[tokens, d_model]` (float32;
+    `bf16`: the forward's matmuls in bf16 autocast)."""
+    from ...models.text import padded
+
+    seen, out = {}, []
+    handle = model.module(model.mlp(layer).module).register_forward_pre_hook(
+        lambda m, args: seen.__setitem__("x", args[0]))
+    try:
+        for i in range(0, len(texts), batch_size):
+            batch = padded(model, texts[i:i + batch_size])
+            with model.record([model.mlp_out(layer)], stop=True), torch.autocast(model.device.type, torch.bfloat16,
+                                                                                 enabled=bf16):
+                model.hf(**batch)
+            out.append(seen["x"].reshape(*batch["input_ids"].shape, -1)[batch["attention_mask"].bool()].float())
+    finally:
+        handle.remove()
+    return torch.cat(out)
+
+
+def memory_states(model: Model, layer: int, texts: list[str], ctx: Context, bf16: bool) -> torch.Tensor:
+    """`mlp_inputs` of the memory set, cached while the weights and changes below `layer` are the same."""
+    from ..toolkit.stats import weights_hash
+
+    # the base weights up to the layer, weight edits, and hooks that run before its MLP (prompt
+    # contexts are not asked here)
+    changes = tuple(c.hash_after for e in ctx.journal.edits for c in e.changes if c.kind == "param" or c.kind == "hook"
+                    and (model.site(c.target).layer < layer or c.target == model.attn_out(layer).name))
+    key = (id(model.hf), layer, hash(tuple(texts)), weights_hash(model, layer), changes, bf16)
+    if key not in _MEMORY:
+        _MEMORY.clear()
+        _MEMORY[key] = mlp_inputs(model, layer, texts, bf16=bf16)
+    return _MEMORY[key]
+
+
+@register
+class TPatcher(Method):
+    """T-Patcher: patch neurons in one MLP (the last layer's by default), one Change per edit."""
+
+    name, title, family, Params, layers = "t-patcher", "T-Patcher", "memory", TPatcherParams, "one"
+
+    def default_layers(self, model: Model, request: Request) -> list[int]:
+        """`layer="auto"`: the last layer, as the paper."""
+        return [model.n_layers - 1]
+
+    def apply(self, model: Model, requests: list[Request], layers: list[int], params: TPatcherParams,
+              ctx: Context) -> list[Change]:
+        t = time.perf_counter()
+        (request,), (layer,) = requests, layers
+        memory = memory_states(model, layer, memory_texts(params.memory, requests), ctx, params.bf16)
+        ids, mask, spans = target_batch(model, [request])
+        query = mlp_inputs(model, layer, [request.text])[-1]                              # the last prompt token
+        patch = PatchNeurons(query.numel(), params.neurons).to(model.device)
+        patch.keys.data.copy_(query.expand(params.neurons, -1) / query.norm() ** 2)       # a_e = 1 at the start
+        info = train_patch(model, patch, layer, query, memory, ids, mask, spans, params)
+        ctx.info.update(info, seconds={"t-patcher": time.perf_counter() - t}, memory_states=len(memory),
+                        parameters_added=sum(p.numel() for p in patch.parameters()))
+        return [HookPatch(model.mlp(layer).name, patch)]
+
+
+def train_patch(model: Model, patch: PatchNeurons, layer: int, query, memory, ids, mask, spans,
+                params: TPatcherParams) -> dict:
+    """Adam on the patch's keys, bias and values (V = amplify · U) with the patch in place; layers
+    below `layer` replay their recorded output. Stops when the target is the greedy continuation and
+    every memory state's activation is below zero. Returns the losses and the final activations."""
+    U = nn.Parameter(torch.zeros_like(patch.values))
+    del patch.values  # V = amplify · U while training: a plain tensor whose gradient reaches U
+    trained = [patch.keys, patch.bias, U]
+    for p in (patch.keys, patch.bias):
+        p.requires_grad_(True)
+    opt = torch.optim.Adam(trained, lr=params.lr, weight_decay=params.weight_decay)
+    handle = attach(model, model.mlp(layer), patch)
+    losses, (n, target) = [], spans[0]
+    try:
+        with weights_require_grad(model, params.bf16), training_mode(model, params.bf16):
+            below = block_output(model, layer - 1, ids, mask) if layer > 0 else None
+            replay = replay_below(model, layer, below) if layer > 0 else contextlib.nullcontext()
+            with replay, torch.enable_grad():
+                for _ in range(params.steps):
+                    patch.values = U * params.amplify
+                    edit = edit_loss(model, ids, mask, spans, "target_new")
+                    a_e, a_m = patch.activations(query), patch.activations(memory)              # [n], [M, n]
+                    act = torch.exp(params.act_margin - a_e).mean()
+                    k = min(params.top_k, a_m.numel())
+                    mem = (torch.exp(a_m - a_e + params.margin_1).flatten().topk(k).values.mean()
+                           + torch.exp(a_m - params.margin_2).flatten().topk(k).values.mean())
+                    loss = edit + params.act_weight * act + params.memory_weight * mem
+                    grads = torch.autograd.grad(loss, trained)
+                    for p, g in zip(trained, grads):
+                        p.grad = g
+                    opt.step()
+                    losses.append(float(loss.detach()))
+                    if float(a_m.detach().max()) < 0 and _says_target(model, ids, mask, n, target):  # ≈ 1 step
+                        break
+    finally:
+        handle.remove()
+        values = (U.detach() * params.amplify).clone()
+        del patch.values
+        patch.values = nn.Parameter(values, requires_grad=False)
+        for p in (patch.keys, patch.bias):
+            p.requires_grad_(False)
+    with torch.no_grad():
+        return {"loss": losses, "steps": len(losses), "activation": patch.activations(query).tolist(),
+                "memory_max_activation": float(patch.activations(memory).max())}
+
+
+@torch.no_grad()
+def _says_target(model: Model, ids, mask, n: int, target: list[int]) -> bool:
+    with model.native():
+        logits = model.hf(input_ids=ids, attention_mask=mask).logits[0, n - 1:n - 1 + len(target)]
+    return logits.argmax(-1).tolist() == target
