@@ -1,4 +1,5 @@
-"""The field's baselines beside ROME, judged the same way: FT-L, FT-M, LoRA, KN, IKE (single edits).
+"""Every method on the same records, judged the same way: the baselines (FT-L, FT-M, LoRA, KN, IKE),
+ROME, and the memory methods (GRACE, T-Patcher), single edits.
 
     $ python benchmarks/baselines_bench.py                       # 50 CounterFact + 50 zsRE edits per method
     $ python benchmarks/baselines_bench.py --n 10 --zsre-n 10 --dev 8        # smaller
@@ -33,7 +34,7 @@ from host import host_record
 RESULTS = ROOT / "benchmarks" / "results" / "baselines.json"
 TRAIN = ROOT.parent / "shared" / "data" / "counterfact-train.json"
 ZSRE = ROOT.parent / "shared" / "data" / "zsre-sample.json"
-METHODS = ("ft-l", "ft-m", "lora", "kn", "ike")
+METHODS = ("ft-l", "ft-m", "lora", "kn", "ike", "rome", "grace", "t-patcher")
 # The development sweep: a few settings per method, around the paper's defaults.
 SWEEPS = {
     "ft-l": [{"epsilon": e} for e in (5e-4, 5e-3, 5e-2)],
@@ -50,6 +51,8 @@ PUBLISHED = {
     "kn": "not checked here (the ROME paper's Table 4 reports KN on GPT-2 XL CounterFact; its text was not available offline)",
     "ike": "not checked here (Zheng et al. 2023 report IKE on GPT-J CounterFact; KnowEdit's in-context ICE, ZsRE: 66.01 / 23.14)",
     "rome": "ROME on GPT-2 XL (Meng et al. 2022, CounterFact): ES 100 / PS 96.4 / NS 75.4",
+    "grace": "single edits not checked here (its published numbers are sequential: see lifelong_bench.py)",
+    "t-patcher": "single edits not checked here (its published numbers are sequential: see lifelong_bench.py)",
 }
 
 
@@ -63,7 +66,9 @@ def run(model, records, method: str, params, layer: int) -> dict:
     import tracelab as tl
     from tracelab.editing import registry
 
-    kwargs = {} if registry.get(method).layers == "none" else {"layer": layer}
+    # the memory methods edit at their paper's layer (layer="auto" is that, not a trace); the others at `layer`
+    own = method in ("grace", "t-patcher")
+    kwargs = {} if registry.get(method).layers == "none" else {"layer": "auto" if own else layer}
     res = tl.evaluate(model, records, method, mode="single", params=params, progress=False, **kwargs)
     times = [r["edit"]["seconds"] for r in res.rows if r.get("edit")]
     changed = [r["edit"]["parameters"] for r in res.rows if r.get("edit")]
@@ -117,7 +122,10 @@ def main() -> None:
     p.add_argument("--scan", type=int, default=10_000, help="edit-sample records scanned (as edit_bench)")
     p.add_argument("--merge", action="store_true", help="keep the methods of baselines.json this run skips")
     p.add_argument("--out", default=str(RESULTS))
+    p.add_argument("--table", action="store_true", help="print the README's table from the results and stop")
     args = p.parse_args()
+    if args.table:
+        return markdown_table(json.loads(Path(args.out).read_text()))
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
     os.environ.setdefault("TRACELAB_DATA", str(ROOT.parent / "shared" / "data"))
     import tracelab as tl
@@ -162,6 +170,7 @@ def main() -> None:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(out, indent=1))
     print_table(out)
+    markdown_table(out)
     print(f"wrote {args.out}")
 
 
@@ -178,6 +187,32 @@ def print_table(out: dict) -> None:
             b = e["best"]["counterfact"]
             print(f"{name + ' (dev best)':<22}" + "".join(f"{b['post'].get(c, float('nan')):7.1f}" for c in cols)
                   + f" |{'':21} | {b['median_edit_s'] or 0:.2f}  {e['best']['overrides']}")
+
+
+def markdown_table(out: dict) -> None:
+    """The README's table: every method at its defaults (and the development sweep's best), ROME's
+    row from edit.json, the published numbers beside."""
+    cf = ("rome.efficacy_score", "rome.paraphrase_score", "rome.neighborhood_score")
+    zs = ("easyedit.reliability", "easyedit.generality", "easyedit.locality")
+    f = lambda d, keys: " | ".join(f"{d[k]:.1f}" if k in d else "–" for k in keys)
+    print("| method | settings | ES | PS | NS | zsRE rel. | gen. | loc. | s/edit | numbers changed | published |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    rome = ROOT / "benchmarks" / "results" / "edit.json"
+    if "rome" not in out["methods"] and rome.exists() and json.loads(rome.read_text()).get("rome"):
+        r = json.loads(rome.read_text())["rome"]
+        print(f"| ROME (×{r['n']}, edit_bench) | defaults, layer {r['layer']} | {f(r['post'], cf)} | – | – | – | "
+              f"{r['median_total_s']:.1f} | {576 * 1536} (rank one) | {PUBLISHED['rome']} |")
+    for name, e in out["methods"].items():
+        c, z = e["counterfact"], e["zsre"]
+        print(f"| {name} | defaults | {f(c['post'], cf)} | {f(z['post'], zs)} | {e.get('defaults_median_edit_s', 0):.1f} | "
+              f"{c['parameters_changed']:.0f} | {e['published']} |")
+        if "best" in e:
+            b = e["best"]["counterfact"]
+            print(f"| {name} | dev best {e['best']['overrides']} | {f(b['post'], cf)} | – | – | – | "
+                  f"{b['median_edit_s'] or 0:.1f} | {b['parameters_changed']:.0f} | |")
+    n = out["methods"] and next(iter(out["methods"].values()))
+    if n:
+        print(f"\nunedited: CounterFact {f(n['counterfact']['pre'], cf)}; zsRE {f(n['zsre']['pre'], zs)}")
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ from torch import nn
 
 from ..io import tensor_hash, tensors_hash
 from ..models import Model
-from .patches import PATCH_MODULES, PatchModule, attach, register_patch  # noqa: F401 (re-exported)
+from .patches import PATCH_MODULES, PatchModule, attach
 
 FORMAT = 2  # of saved changes and journals; 1 was the dense MLP-output WeightDelta
 
