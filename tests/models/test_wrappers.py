@@ -135,6 +135,31 @@ def test_mass_editors_through_a_bridge(wrapped, method):
     assert all(torch.equal(v, model.hf.state_dict()[k]) for k, v in before.items())
 
 
+@pytest.mark.parametrize("method", ["grace", "t-patcher"])
+def test_memory_editors_through_the_wrappers_patch_the_users_forward(wrapped, method):
+    """A hook change made through a bridge or an nnsight object is in the user's own forward pass
+    (the bridge's and nnsight's), and gone after undo."""
+    model, objects = wrapped
+    tokens = model.tokenizer(PROMPT, return_tensors="pt").input_ids
+    params = (tl.editing.GraceParams(init="warm") if method == "grace" else tl.editing.TPatcherParams(steps=30))
+    for name in ("bridge", "nnsight"):
+        with torch.no_grad():
+            before = objects["bridge"](tokens)
+        e = tl.edit(objects[name], subject=SUBJECT, prompt="{} is in", target="Rome", method=method, layer=1,
+                    params=params, progress=False)
+        assert e.changes and e.changes[0].kind == "hook"
+        with torch.no_grad():
+            patched = model.hf(tokens).logits
+            assert not torch.equal(patched, before)
+            torch.testing.assert_close(objects["bridge"](tokens), patched, atol=1e-5, rtol=1e-5)
+            with objects["nnsight"].trace(tokens):
+                out = objects["nnsight"].output.save()
+            torch.testing.assert_close(out.logits, patched, atol=1e-5, rtol=1e-5)
+        e.undo()
+        with torch.no_grad():
+            assert torch.equal(objects["bridge"](tokens), before)
+
+
 def test_stats_steering_and_evaluation_through_the_wrappers(wrapped):
     model, objects = wrapped
     for name in ("bridge", "nnsight"):
