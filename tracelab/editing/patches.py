@@ -42,7 +42,8 @@ class PatchModule(nn.Module):
         return {}
 
     @classmethod
-    def forward_group(cls, x: torch.Tensor, members: list[PatchModule], cache: dict) -> torch.Tensor | None:
+    def forward_group(cls, *args) -> torch.Tensor | None:
+        """(x, members, cache), or (input, output, members, cache) at a call site → the new tensor or None."""
         raise NotImplementedError(f"{cls.__name__} sets shared = True and must define forward_group")
 
 
@@ -70,8 +71,8 @@ class PatchGroup:
         self.members.remove(module)
         self.cache.clear()
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor | None:
-        return None if self.bypassed or not self.members else self.cls.forward_group(x, self.members, self.cache)
+    def __call__(self, *tensors: torch.Tensor) -> torch.Tensor | None:  # x, or (input, output) at a call site
+        return None if self.bypassed or not self.members else self.cls.forward_group(*tensors, self.members, self.cache)
 
 
 _GROUPS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # hf model -> {(site, class): PatchGroup}
