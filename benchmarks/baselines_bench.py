@@ -70,11 +70,12 @@ def run(model, records, method: str, params, layer: int) -> dict:
     own = method in ("grace", "t-patcher")
     kwargs = {} if registry.get(method).layers == "none" else {"layer": "auto" if own else layer}
     res = tl.evaluate(model, records, method, mode="single", params=params, progress=False, **kwargs)
-    times = [r["edit"]["seconds"] for r in res.rows if r.get("edit")]
-    changed = [r["edit"]["parameters"] for r in res.rows if r.get("edit")]
+    made = [r["edit"] for r in res.rows if r.get("edit", {}).get("seconds") is not None]
+    times, changed = [e["seconds"] for e in made], [e["parameters"] for e in made]
+    refused = sum("refused" in r.get("edit", {}) for r in res.rows)  # scored as the unedited model
     s = res.summary
     return {"n": len(res.rows), "pre": s.get("pre", {}), "post": s.get("post", {}),
-            "median_edit_s": statistics.median(times) if times else None, "edit_s": times,
+            "median_edit_s": statistics.median(times) if times else None, "edit_s": times, "refused": refused,
             "parameters_changed": statistics.median(changed) if changed else None, "params": params.to_dict()}
 
 

@@ -63,6 +63,29 @@ def test_a_memory_stream_with_model_health_at_each_checkpoint():
     assert len(journal(model)) == 0 and perplexity(model, held_out) == seq.meta["before"]["perplexity"]
 
 
+def test_an_edit_the_method_refuses_is_scored_as_not_made(monkeypatch):
+    """KN finds no neuron for some facts: the runner scores that case unedited and goes on."""
+    from tracelab.editing.methods.grace import Grace
+    from tracelab.editing.registry import EditRefused
+
+    model = tiny_model("llama")
+    original = Grace.apply
+
+    def refuse_big_ben(self, model, requests, layers, params, ctx):
+        if requests[0].subject == "Big Ben":
+            raise EditRefused("no way to edit Big Ben")
+        return original(self, model, requests, layers, params, ctx)
+
+    monkeypatch.setattr(Grace, "apply", refuse_big_ben)
+    single = tl.evaluate(model, RECORDS, "grace", layer=2, progress=False)
+    refused = [r for r in single.rows if "refused" in r["edit"]]
+    assert len(refused) == 1 and refused[0]["post"]["prob_new"] == refused[0]["pre"]["prob_new"]
+    assert refused[0]["post"]["easyedit.locality"] == 1.0        # the model as it was
+    seq = tl.evaluate(model, RECORDS, "grace", mode="sequential", layer=2, progress=False)
+    assert seq.meta["refused"] == ["no way to edit Big Ben"] and len(seq.meta["edit_seconds"]) == 2
+    assert len(journal(model)) == 0
+
+
 def test_perplexity_is_the_mean_token_nll():
     model = tiny_model("llama")
     text = "The city of Rome"

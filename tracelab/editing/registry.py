@@ -32,6 +32,11 @@ FAMILIES = ("locate-then-edit", "fine-tune", "neuron", "memory", "meta-learned",
 LAYER_RULES = ("one", "range", "none")  # one layer; an increasing range; no layers at all
 
 
+class EditRefused(ValueError):
+    """A method cannot make this edit (KN: no neuron passes the threshold); nothing was changed.
+    The evaluation runner scores such a case as not edited instead of stopping."""
+
+
 @dataclass
 class Context:
     """What `tl.edit` hands a method besides its inputs.

@@ -4,7 +4,8 @@
     >>> run(model, suite, cases, "memit", mode="batch", edit_kwargs={"layers": [3, 4, 5]})
     >>> run(model, suite, cases, "alphaedit", mode="sequential", checkpoints=(1, 10, 100))
 
-- `single`: per case, score, edit, score, undo (ROME's protocol).
+- `single`: per case, score, edit, score, undo (ROME's protocol). A case whose edit the method
+  refuses (`EditRefused`: nothing changed) is scored as the model is, and says so in its row.
 - `batch`: score every case, one edit of all of them, score every case, undo (MEMIT's).
 - `sequential`: score every case, then edit them one after another (`batch_size` at a time) with
   no undo, scoring *all cases edited so far* after each checkpoint number of edited cases
@@ -25,6 +26,7 @@ from typing import Any, Callable, ContextManager, Sequence
 from tqdm.auto import tqdm
 
 from ..editing import Edit, journal, registry
+from ..editing.registry import EditRefused
 from ..editing import edit as do_edit
 from ..models import Model
 from .records import Record
@@ -95,7 +97,11 @@ def run(model: Model, suite: Suite, cases: Sequence[Record], intervention: Any =
         rows = []
         for c in bar:
             pre, ref = suite.score(model, c)
-            e = do_edit(model, c.request, method=intervention, progress=False, **edit_kwargs)
+            try:
+                e = do_edit(model, c.request, method=intervention, progress=False, **edit_kwargs)
+            except EditRefused as refused:  # nothing changed: scored as the model is
+                rows.append({**_row(c, pre, suite.score(model, c, ref)[0]), "edit": {"refused": str(refused)}})
+                continue
             try:
                 rows.append(_row(c, pre, suite.score(model, c, ref)[0]))
                 rows[-1]["edit"] = {"seconds": e.info.get("total_seconds"), "layers": e.layers,
@@ -126,18 +132,21 @@ def _sequential(model, suite, cases, method, checkpoints, batch_size, at_checkpo
     n = len(cases)
     at = sorted({c for c in checkpoints if isinstance(c, int) and 0 < c < n} | {n})
     pres = [suite.score(model, c) for c in bar]
-    edits, summaries, posts, seconds, sizes = [], {}, [], [], []
+    edits, summaries, posts, seconds, sizes, refusals = [], {}, [], [], [], []
     health = at_checkpoint or (lambda model: {})
     before = health(model)
     try:
         for start in range(0, n, batch_size):
             chunk = cases[start:start + batch_size]
             requests = [c.request for c in chunk]
-            e = do_edit(model, requests if len(requests) > 1 else requests[0], method=method, progress=False,
-                        **edit_kwargs)
-            edits.append(e)
-            seconds.append(e.info.get("total_seconds", 0.0))
-            sizes.append(sum(c.size for c in e.changes))
+            try:
+                e = do_edit(model, requests if len(requests) > 1 else requests[0], method=method, progress=False,
+                            **edit_kwargs)
+                edits.append(e)
+                seconds.append(e.info.get("total_seconds", 0.0))
+                sizes.append(sum(c.size for c in e.changes))
+            except EditRefused as refused:  # nothing changed; the stream goes on
+                refusals.append(str(refused))
             done = start + len(chunk)
             for checkpoint in [c for c in at if start < c <= done]:
                 posts = [suite.score(model, c, ref)[0] for c, (_, ref) in zip(cases[:checkpoint], pres)]
@@ -147,4 +156,4 @@ def _sequential(model, suite, cases, method, checkpoints, batch_size, at_checkpo
             e.undo()
     rows = [_row(c, pre, post) for c, (pre, _), post in zip(cases, pres, posts)]
     return rows, {"checkpoints": {str(k): v for k, v in summaries.items()}, "batch_size": batch_size,
-                  "edit_seconds": seconds, "edit_parameters": sizes, "before": before}
+                  "edit_seconds": seconds, "edit_parameters": sizes, "before": before, "refused": refusals}

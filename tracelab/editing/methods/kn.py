@@ -28,7 +28,7 @@ import torch
 from ...models import Model
 from ...tracing.neurons import knowledge_neurons
 from ..changes import Change, ParamDelta
-from ..registry import Context, Method, register
+from ..registry import Context, EditRefused, Method, register
 from ..requests import Request
 from ..toolkit.keys import context_templates
 
@@ -73,7 +73,7 @@ class KnowledgeNeurons(Method):
         ctx.info.update(neurons=found.neurons, old_answer=model.tokenizer.decode([old]),
                         seconds={"attribution": time.perf_counter() - t})
         if not found.neurons:
-            raise ValueError(f"no knowledge neurons for {request.text!r} → {found.target!r} above threshold "
+            raise EditRefused(f"no knowledge neurons for {request.text!r} → {found.target!r} above threshold "
                              f"{params.threshold} in more than {params.share:.0%} of {len(prompts)} prompts; nothing "
                              "was changed (lower KNParams.threshold or share)")
         E = model.hf.get_output_embeddings().weight.detach().float()                    # [vocab, d_model]
