@@ -109,23 +109,27 @@ def print_table(out: dict) -> None:
 
 
 def figure(out: dict, path: Path) -> None:
-    """One panel per (suite, metric): the score of every edited case against T, one line per method."""
-    import matplotlib
+    """One panel per (suite, metric): the score of every edited case against T, one line per method
+    (`path` with .png, through the project's paper export)."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from tracelab.viz.paper import export_figures
 
     suites = sorted({r["suite"] for r in out["runs"].values()})
-    fig, axes = plt.subplots(len(suites), 4, figsize=(14, 3.2 * len(suites)), squeeze=False)
-    for row, suite in zip(axes, suites):
-        for ax, metric in zip(row, (*METRICS[suite], "perplexity")):
-            for r in (r for r in out["runs"].values() if r["suite"] == suite):
-                Ts = sorted(int(t) for t in r["checkpoints"])
-                ax.plot(Ts, [r["checkpoints"][str(t)].get(metric) for t in Ts], marker="o", label=r["method"])
-            ax.set_xscale("log"), ax.set_xlabel("edits in the stream (T)"), ax.set_title(f"{suite}: {metric}")
-        row[0].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    panels = [(suite, metric) for suite in suites for metric in (*METRICS[suite], "perplexity")]
+    fig = make_subplots(rows=len(suites), cols=4, subplot_titles=[f"{s}: {m.split('.')[-1]}" for s, m in panels])
+    colours = dict(zip(sorted({r["method"] for r in out["runs"].values()}), ("#1f77b4", "#d62728", "#2ca02c",
+                                                                            "#9467bd", "#ff7f0e", "#8c564b", "#17becf")))
+    for i, (suite, metric) in enumerate(panels):
+        for r in (r for r in out["runs"].values() if r["suite"] == suite):
+            Ts = sorted(int(t) for t in r["checkpoints"])
+            fig.add_trace(go.Scatter(x=Ts, y=[r["checkpoints"][str(t)].get(metric) for t in Ts], name=r["method"],
+                                     line={"color": colours[r["method"]]}, showlegend=i == 0, mode="lines+markers"),
+                          row=i // 4 + 1, col=i % 4 + 1)
+    fig.update_xaxes(type="log", title_text="edits in the stream (T)")
+    fig.update_layout(width=1100, height=320 * len(suites), template="simple_white")
+    export_figures({path.stem: fig}, path.parent, formats=("png",))
 
 
 if __name__ == "__main__":
