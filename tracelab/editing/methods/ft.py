@@ -19,7 +19,6 @@ edit's transaction applies the result: one `ParamDelta` per changed weight.
 
 from __future__ import annotations
 
-import contextlib
 import time
 from dataclasses import asdict, dataclass
 from typing import Literal, Sequence
@@ -30,7 +29,7 @@ from ...models import Model
 from ..changes import Change, ParamDelta
 from ..registry import Context, Method, register
 from ..requests import Request
-from ..toolkit.compute import block_output, replay_below, training_mode, weights_require_grad
+from ..toolkit.compute import replaying_below, training_mode, weights_require_grad
 from ..toolkit.deltas import added, linear_weights
 
 MATRICES = ("mlp_out", "mlp")
@@ -126,9 +125,7 @@ def finetune_deltas(model: Model, requests: Sequence[Request], chosen: Sequence[
     first = min(l for l, _ in chosen)
     losses = []
     with weights_require_grad(model, params.bf16), training_mode(model, params.bf16):
-        below = block_output(model, first - 1, ids, mask) if first > 0 else None
-        replay = replay_below(model, first, below) if first > 0 else contextlib.nullcontext()
-        with replay, added(model, deltas), torch.enable_grad():
+        with replaying_below(model, first, ids, mask), added(model, deltas), torch.enable_grad():
             for _ in range(params.steps):
                 loss = edit_loss(model, ids, mask, spans, params.objective)
                 # gradients for ΔW only: the model's own weights need none (autograd skips their matmuls)

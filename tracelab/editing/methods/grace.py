@@ -28,7 +28,6 @@ so that every edit is one Change that undoes exactly (also from the middle of a 
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import time
 from dataclasses import asdict, dataclass
@@ -42,7 +41,7 @@ from ..changes import Change, HookPatch
 from ..patches import PatchModule, attach, bypassed, register_patch
 from ..registry import Context, Method, register
 from ..requests import Request
-from ..toolkit.compute import block_output, replay_below, training_mode, weights_require_grad
+from ..toolkit.compute import replaying_below, training_mode, weights_require_grad
 from .ft import edit_loss, target_batch
 
 DEPTH = 27 / 31  # EasyEdit's GRACE layer for LLaMA-2-7B: model.layers[27] of 0..31
@@ -172,9 +171,7 @@ def train_value(model: Model, entry: GraceEntry, site, layer: int, ids, mask, sp
     losses = []
     try:
         with weights_require_grad(model, False), training_mode(model, bf16=False):
-            below = block_output(model, layer - 1, ids, mask) if layer > 0 else None
-            replay = replay_below(model, layer, below) if layer > 0 else contextlib.nullcontext()
-            with replay, torch.enable_grad():
+            with replaying_below(model, layer, ids, mask), torch.enable_grad():
                 for _ in range(params.steps):
                     loss = edit_loss(model, ids, mask, spans, "target_new")
                     if not loss.requires_grad:

@@ -23,7 +23,6 @@ so the model is unchanged until training moves them.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import time
 from dataclasses import asdict, dataclass
@@ -38,7 +37,7 @@ from ..changes import Change, HookPatch
 from ..patches import PatchModule, attach, register_patch
 from ..registry import Context, Method, register
 from ..requests import Request
-from ..toolkit.compute import block_output, replay_below, training_mode, weights_require_grad
+from ..toolkit.compute import replaying_below, training_mode, weights_require_grad
 from .ft import edit_loss, target_batch
 
 
@@ -195,9 +194,7 @@ def train_patch(model: Model, patch: PatchNeurons, layer: int, query, memory, id
     losses, (n, target) = [], spans[0]
     try:
         with weights_require_grad(model, params.bf16), training_mode(model, params.bf16):
-            below = block_output(model, layer - 1, ids, mask) if layer > 0 else None
-            replay = replay_below(model, layer, below) if layer > 0 else contextlib.nullcontext()
-            with replay, torch.enable_grad():
+            with replaying_below(model, layer, ids, mask), torch.enable_grad():
                 for _ in range(params.steps):
                     patch.values = U * params.amplify
                     edit = edit_loss(model, ids, mask, spans, "target_new")

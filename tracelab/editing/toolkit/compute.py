@@ -2,8 +2,8 @@
 
     >>> with weights_require_grad(model, True), training_mode(model, bf16=True):
     ...     loss = ...; torch.autograd.grad(loss, [delta])     # bf16 matmuls, weights cast once
-    >>> with replay_below(model, 4, recorded):                  # layers 0..3 return what they returned once
-    ...     model.hf(input_ids=ids)
+    >>> with replaying_below(model, 4, ids, mask):             # layers 0..3 return what they returned once
+    ...     model.hf(input_ids=ids, attention_mask=mask)
 
 - One autocast region for a whole optimisation: autocast caches the bf16 casts of weights that
   require grad, so each weight is cast once, not on every step (gradients are still taken only
@@ -72,3 +72,15 @@ def block_output(model: Model, layer: int, ids: torch.Tensor, mask: torch.Tensor
     finally:
         handle.remove()
     return recorded["out"]
+
+
+def replaying_below(model: Model, first: int, ids: torch.Tensor, mask: torch.Tensor):
+    """Layers 0..first-1 replay what they return on `ids` (computed once, here): the region an
+    optimisation of layers ≥ `first` runs its steps in; nothing to replay when `first` is 0.
+
+        >>> with replaying_below(model, 4, ids, mask):
+        ...     for step in range(25): loss = ...              # layers 0..3 do no work
+    """
+    if first == 0:
+        return contextlib.nullcontext()
+    return replay_below(model, first, block_output(model, first - 1, ids, mask))
