@@ -18,7 +18,7 @@ from .changes import Change, HookPatch, ParamDelta, PromptContext
 from .patches import PatchModule, register_patch
 from .journal import Edit, EditDelta, Journal, journal
 from .methods import (AlphaEditParams, FTLParams, FTMParams, FTParams, GraceParams, IKEParams, KNParams, LoRAParams,
-                      MemitParams, RomeParams, TPatcherParams)
+                      MemitParams, RomeParams, TPatcherParams, WiseParams)
 from .registry import Method, register
 from .requests import Request
 from .toolkit.corpus import Corpus, corpus
@@ -27,5 +27,5 @@ from .toolkit.values import ValueParams
 
 __all__ = ["AlphaEditParams", "Change", "Corpus", "Edit", "EditDelta", "FTLParams", "FTMParams", "FTParams",
            "GraceParams", "HookPatch", "IKEParams", "Journal", "KNParams", "KeyStats", "LoRAParams", "MemitParams", "Method", "ParamDelta",
-           "PatchModule", "PromptContext", "Request", "RomeParams", "TPatcherParams", "ValueParams", "corpus", "edit",
-           "journal", "key_stats", "register", "register_patch", "registry"]
+           "PatchModule", "PromptContext", "Request", "RomeParams", "TPatcherParams", "ValueParams", "WiseParams", "corpus",
+           "edit", "journal", "key_stats", "register", "register_patch", "registry"]

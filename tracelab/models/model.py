@@ -195,20 +195,26 @@ class Model:
         l = self._check_layer(layer)
         return Site(f"blocks.{l}.mlp", self._layer_path(l, self.arch.mlp), io="call", layer=l)
 
+    def mlp_out_proj(self, layer: int) -> Site:
+        """The MLP's output projection as a function, for patches (`fn(k [batch, pos, d_mlp],
+        v [batch, pos, d_model]) -> v'`: WISE's side memory)."""
+        l = self._check_layer(layer)
+        return Site(f"blocks.{l}.mlp_out_proj", self._layer_path(l, self.arch.mlp_out_proj), io="call", layer=l)
+
     def mlp_key(self, layer: int) -> Site:
         """Input of the MLP output projection, ROME's key k `[batch, pos, d_mlp]`."""
         l = self._check_layer(layer)
         return Site(f"blocks.{l}.mlp_key", self._layer_path(l, self.arch.mlp_out_proj), io="input", layer=l)
 
     def site(self, name: str | Site) -> Site:
-        """The site named `name` (`"embed"` or `"blocks.{l}.{resid|attn_out|mlp_out|mlp_key|mlp}"`)."""
+        """The site named `name` (`"embed"` or `"blocks.{l}.{resid|attn_out|mlp_out|mlp_key|mlp|mlp_out_proj}"`)."""
         if isinstance(name, Site):
             return name
         if name == "embed":
             return self.embed
         parts = name.split(".")
         kinds = {"resid": self.resid, "attn_out": self.attn_out, "mlp_out": self.mlp_out, "mlp_key": self.mlp_key,
-                 "mlp": self.mlp}
+                 "mlp": self.mlp, "mlp_out_proj": self.mlp_out_proj}
         if len(parts) != 3 or parts[0] != "blocks" or not parts[1].isdigit() or parts[2] not in kinds:
             raise ValueError(
                 f"unknown site {name!r}: expected 'embed' or 'blocks.<layer>.<kind>' with kind in {sorted(kinds)}"

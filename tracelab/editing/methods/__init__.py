@@ -1,12 +1,12 @@
 """The registered editing methods, one module each (importing this package registers them).
 
     >>> from tracelab.editing import registry
-    >>> registry.names()            # ['alphaedit', 'ft-l', 'ft-m', 'grace', 'ike', 'kn', 'lora', 'memit', 'rome', 't-patcher']
+    >>> registry.names()            # ['alphaedit', 'ft-l', 'ft-m', 'grace', 'ike', 'kn', 'lora', 'memit', 'rome', 't-patcher', 'wise']
 
 `DEFAULT` is what `tl.edit` uses when no method is named.
 """
 
-from . import alphaedit, ft, grace, ike, kn, lora, memit, rome, tpatcher  # noqa: F401  (each registers itself)
+from . import alphaedit, ft, grace, ike, kn, lora, memit, rome, tpatcher, wise  # noqa: F401  (each registers itself)
 from .alphaedit import AlphaEditParams
 from .ft import FTLParams, FTMParams, FTParams
 from .grace import GraceParams
@@ -16,8 +16,9 @@ from .lora import LoRAParams
 from .memit import MemitParams
 from .rome import RomeParams
 from .tpatcher import TPatcherParams
+from .wise import WiseParams
 
 DEFAULT = "rome"
 
 __all__ = ["AlphaEditParams", "DEFAULT", "FTLParams", "FTMParams", "FTParams", "GraceParams", "IKEParams", "KNParams",
-           "LoRAParams", "MemitParams", "RomeParams", "TPatcherParams"]
+           "LoRAParams", "MemitParams", "RomeParams", "TPatcherParams", "WiseParams"]

@@ -99,16 +99,21 @@ def target_batch(model: Model, requests: Sequence[Request]):
 
 
 def edit_loss(model: Model, ids, mask, spans, objective: str) -> torch.Tensor:
-    """Mean over requests of the objective's NLL (see the module doc)."""
+    """Mean over requests (the first `len(spans)` rows of `ids`) of the objective's NLL (see the
+    module doc). Only the positions that predict a target token go through the unembedding."""
+    reads = [[n - 1] * len(t) if objective == "prompt_last" else list(range(n - 1, n - 1 + len(t))) for n, t in spans]
+    keep = sorted({p for r in reads for p in r})
+    column = {p: j for j, p in enumerate(keep)}
     with model.native():
-        log_probs = model.hf(input_ids=ids, attention_mask=mask).logits.float().log_softmax(-1)
+        try:
+            logits = model.hf(input_ids=ids, attention_mask=mask, logits_to_keep=torch.tensor(keep)).logits
+        except TypeError:  # a model without `logits_to_keep`: every position
+            logits, column = model.hf(input_ids=ids, attention_mask=mask).logits, {p: p for p in keep}
     losses = []
-    for row, (n, target) in enumerate(spans):
-        t = torch.tensor(target, device=ids.device)
-        if objective == "prompt_last":  # every target token at the last prompt position
-            losses.append(-log_probs[row, n - 1, t].mean())
-        else:
-            losses.append(-log_probs[row, n - 1 + torch.arange(len(target), device=ids.device), t].mean())
+    for row, ((_, target), positions) in enumerate(zip(spans, reads)):
+        cols = torch.tensor([column[p] for p in positions], device=ids.device)
+        log_probs = logits[row, cols].float().log_softmax(-1)                              # [len(target), vocab]
+        losses.append(-log_probs[torch.arange(len(target)), torch.tensor(target, device=ids.device)].mean())
     return torch.stack(losses).mean()
 
 
