@@ -1,5 +1,6 @@
-"""Memory editors (GRACE, T-Patcher): the codebook's rules and the patch neurons' equation, a stream
-with an undo from its middle, unrelated inputs untouched, bad input refused with nothing changed."""
+"""Memory editors (GRACE, T-Patcher, WISE): the codebook's rules, the patch neurons' equation and the
+side memory's router, a stream with an undo from its middle, unrelated inputs untouched, bad input
+refused with nothing changed."""
 
 from __future__ import annotations
 
@@ -9,9 +10,11 @@ import pytest
 import torch
 
 import tracelab as tl
-from tracelab.editing import GraceParams, Journal, Request, TPatcherParams, journal
+from tracelab.editing import GraceParams, Journal, Request, TPatcherParams, WiseParams, journal
 from tracelab.editing.methods.grace import GraceEntry
 from tracelab.editing.methods.tpatcher import PatchNeurons
+from tracelab.editing.methods.wise import WiseEdit, ties_merge
+from tracelab.editing.patches import group
 from tracelab.editing.toolkit.values import says_target
 from tracelab.models.tiny import tiny_model
 
@@ -57,6 +60,43 @@ def test_patch_neurons_add_relu_of_their_keys_times_their_values():
     assert p(x, y).tolist() == [[[2.0, 2.0, 12.0], [0.0, 0.0, 0.0]]]
 
 
+def _side_memory(delta, act, shard=0, save_freq=1, merge_freq=1):
+    """A WISE edit whose ΔW is `delta` (a mask of every entry) and whose in-scope score was `act`."""
+    rows, cols = delta.shape
+    e = WiseEdit(rows, cols, rows * cols, shard, 1.0, 0, 0.5, save_freq, merge_freq, 1.0, "relu")
+    e.values.data.copy_(delta.flatten()), e.act.fill_(act)
+    return e
+
+
+def test_the_router_sends_a_row_to_the_side_memory_only_when_its_score_passes_the_threshold():
+    edit = _side_memory(torch.eye(2) * 4, act=8.0)                         # threshold 0.5 · 8 = 4
+    k = torch.tensor([[[1.0, 0.0], [0.0, 0.0]],                            # Δ = ‖relu(4k)‖ = 4 at position 0: routed
+                      [[0.5, 0.0], [0.0, 0.0]],                            # max Δ 2 < 4: the base W
+                      [[0.0, 0.0], [3.0, 0.0]]])                           # 12, but only at a padded position
+    v = torch.zeros(3, 2, 2)
+    mask = torch.tensor([[1, 1], [1, 1], [1, 0]])
+    out = WiseEdit.forward_group(k, v, [edit], {"attention_mask": mask})
+    assert torch.equal(out[0], v[0] + k[0] @ (torch.eye(2) * 4).T)
+    assert torch.equal(out[1], v[1]) and torch.equal(out[2], v[2])
+    assert torch.equal(WiseEdit.forward_group(k, v, [edit], {})[2], v[2] + k[2] @ (torch.eye(2) * 4).T)  # no mask: all
+
+
+def test_ties_trims_elects_a_sign_and_averages_the_agreeing_entries():
+    a, b = torch.tensor([1.0, -2.0, 0.1, 3.0]), torch.tensor([1.0, 4.0, -0.1, -1.0])
+    # density 0.75 keeps 3 of 4 entries each (drops ±0.1); signs by the sum: +, +, none, +
+    assert ties_merge([a, b], 0.75).tolist() == [1.0, 4.0, 0.0, 3.0]
+
+
+def test_full_shards_are_merged_and_the_merged_memory_takes_their_lowest_threshold():
+    one, two, three = (_side_memory(torch.eye(2) * s, act=a, shard=i, save_freq=1, merge_freq=2)
+                       for i, (s, a) in enumerate([(1.0, 10.0), (3.0, 6.0), (5.0, 20.0)]))
+    memories = WiseEdit.memories([one, two, three])
+    assert len(memories) == 2                                              # shards 0 + 1 merged, shard 2 alone
+    assert torch.equal(memories[0][0], torch.eye(2) * 2) and memories[0][1] == 3.0   # mean of 1 and 3; 0.5 · 6
+    assert torch.equal(memories[1][0], torch.eye(2) * 5) and memories[1][1] == 10.0
+    assert len(WiseEdit.memories([one, two])) == 1 and len(WiseEdit.memories([one])) == 1
+
+
 @pytest.mark.parametrize("method", ["grace", "t-patcher"])
 def test_a_stream_of_edits_and_an_undo_from_its_middle(method):
     model = tiny_model("llama")
@@ -75,7 +115,31 @@ def test_a_stream_of_edits_and_an_undo_from_its_middle(method):
     assert all(torch.equal(model.next_token_logits([p]), v) for p, v in before.items())
 
 
-@pytest.mark.parametrize("method", ["grace", "t-patcher"])
+def test_a_wise_stream_and_an_undo_from_its_middle():
+    """Each edit its own shard (save_freq=1): an undo from the middle takes out exactly its memory
+    and leaves the model as the other edits alone make it, bit for bit (which prompt the router
+    sends where is tested on the embedded model: a tiny random model's memories overlap)."""
+    model = tiny_model("llama")
+    before = {p: model.next_token_logits([p]) for p in ELSEWHERE + [r.text for r in STREAM]}
+    params = WiseParams(save_freq=1, merge_freq=1000, steps=5)
+    edits = [tl.edit(model, r, method="wise", layer=LAYER, params=params, progress=False) for r in STREAM]
+    members = group(model, model.mlp_out_proj(LAYER), WiseEdit).members
+    assert [m.settings["shard"] for m in members] == [0, 1, 2] and len(WiseEdit.memories(members)) == 3
+    middle = edits[1].changes[0].module
+    edits[1].undo()
+    assert middle not in members and len(members) == 2
+    without = {p: model.next_token_logits([p]) for p in before}
+    journal(model).undo_all()
+    assert group(model, model.mlp_out_proj(LAYER), WiseEdit) is None
+    assert all(torch.equal(model.next_token_logits([p]), v) for p, v in before.items())
+    for e in (edits[0], edits[2]):
+        e.changes[0].apply(model)
+    assert all(torch.equal(model.next_token_logits([p]), v) for p, v in without.items())
+    for e in (edits[2], edits[0]):
+        e.changes[0].revert(model)
+
+
+@pytest.mark.parametrize("method", ["grace", "t-patcher", "wise"])
 def test_bad_input_is_refused_and_changes_nothing(method, tmp_path):
     with pytest.raises(ValueError, match="epsilon"):
         GraceParams(epsilon=0.0)
@@ -85,6 +149,12 @@ def test_bad_input_is_refused_and_changes_nothing(method, tmp_path):
         TPatcherParams(margin_2=1.0)
     with pytest.raises(ValueError, match="neurons"):
         TPatcherParams(neurons=0)
+    with pytest.raises(ValueError, match="mask_ratio"):
+        WiseParams(mask_ratio=0.0)
+    with pytest.raises(ValueError, match="merge_freq"):
+        WiseParams(save_freq=3, merge_freq=4)
+    with pytest.raises(ValueError, match="margins"):
+        WiseParams(margins=(5.0, -1.0, 10.0))
     model = tiny_model("llama")
     logits = model.next_token_logits([STREAM[0].text])
     with pytest.raises(ValueError, match="layer"):
@@ -111,6 +181,9 @@ def test_layer_auto_is_each_papers_choice():
     e.undo()
     e = tl.edit(model, STREAM[0], method="t-patcher", params=TPatcherParams(steps=2), progress=False)
     assert [c.target for c in e.changes] == ["blocks.7.mlp"]         # the last layer, as the paper
+    e.undo()
+    e = tl.edit(model, STREAM[0], method="wise", params=WiseParams(steps=2), progress=False)
+    assert [c.target for c in e.changes] == ["blocks.6.mlp_out_proj"]  # EasyEdit's depth, as GRACE
 
 
 def test_the_mlp_call_site_is_for_patches_only():
@@ -118,3 +191,22 @@ def test_the_mlp_call_site_is_for_patches_only():
     with pytest.raises(ValueError, match="for patches"):
         with model.record(["blocks.1.mlp"]):
             pass
+
+
+def test_t_patchers_memory_set_is_read_again_when_a_weight_below_it_changes():
+    from types import SimpleNamespace
+
+    from tracelab.editing.methods.tpatcher import memory_states
+
+    model = tiny_model("llama")
+    ctx = SimpleNamespace(journal=journal(model))
+    first = memory_states(model, LAYER, ELSEWHERE, ctx, False)
+    assert memory_states(model, LAYER, ELSEWHERE, ctx, False) is first        # cached
+    weight = model.layer(LAYER - 1).mlp.down_proj.weight
+    with torch.no_grad():
+        weight.add_(0.5)                                                      # written in place, outside the journal
+    try:
+        assert not torch.equal(memory_states(model, LAYER, ELSEWHERE, ctx, False), first)
+    finally:
+        with torch.no_grad():
+            weight.sub_(0.5)

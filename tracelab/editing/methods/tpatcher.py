@@ -141,13 +141,15 @@ def mlp_inputs(model: Model, layer: int, texts: list[str], batch_size: int = 64,
 
 def memory_states(model: Model, layer: int, texts: list[str], ctx: Context, bf16: bool) -> torch.Tensor:
     """`mlp_inputs` of the memory set, cached while the weights and changes below `layer` are the same."""
-    from ..toolkit.stats import weights_hash
-
-    # the base weights up to the layer, weight edits, and hooks that run before its MLP (prompt
-    # contexts are not asked here)
+    # weight edits and hooks that run before the layer's MLP (prompt contexts are not asked here),
+    # and the weights as stored: where each is and how often it was written in place (torch's
+    # version counter), which any change to them moves, without reading them
     changes = tuple(c.hash_after for e in ctx.journal.edits for c in e.changes if c.kind == "param" or c.kind == "hook"
                     and (model.site(c.target).layer < layer or c.target == model.attn_out(layer).name))
-    key = (id(model.hf), layer, hash(tuple(texts)), weights_hash(model, layer), changes, bf16)
+    weights = [model.hf.get_submodule(model.arch.embed).weight, *(p for l in range(layer + 1)
+                                                                  for p in model.layer(l).parameters())]
+    stored = tuple((p.data_ptr(), p._version) for p in weights)
+    key = (id(model.hf), layer, hash(tuple(texts)), stored, changes, bf16)
     if key not in _MEMORY:
         _MEMORY.clear()
         _MEMORY[key] = mlp_inputs(model, layer, texts, bf16=bf16)
