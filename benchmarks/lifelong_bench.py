@@ -31,7 +31,7 @@ RESULTS = ROOT / "benchmarks" / "results" / "lifelong.json"
 ZSRE = ROOT.parent / "shared" / "data" / "zsre-sample.json"
 # How each method is called in the stream: the layers of edit_bench (ROME's, MEMIT's window).
 EDIT_KWARGS = {"rome": {"layer": 4}, "memit": {"layers": [2, 3, 4, 5, 6]}, "alphaedit": {"layers": [2, 3, 4, 5, 6]},
-               "ft-l": {"layer": 4}, "grace": {}, "t-patcher": {}}
+               "ft-l": {"layer": 4}, "grace": {}, "t-patcher": {}, "wise": {}}
 METRICS = {"zsre": ("easyedit.reliability", "easyedit.generality", "easyedit.locality"),
            "counterfact": ("rome.efficacy_score", "rome.paraphrase_score", "rome.neighborhood_score")}
 PUBLISHED = ("WISE (Wang et al. 2024, Table 2), LLaMA-2-7B, ZsRE, T = 1000, rel. / gen. / loc.: GRACE 0.93 / 0.08 / "
@@ -57,7 +57,7 @@ def records(model, suite: str, T: int):
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--methods", default="grace,t-patcher,rome,memit,alphaedit,ft-l")
+    p.add_argument("--methods", default="grace,t-patcher,wise,rome,memit,alphaedit,ft-l")
     p.add_argument("--suites", default="zsre,counterfact")
     p.add_argument("--T", type=int, default=500, help="edits in each stream")
     p.add_argument("--checkpoints", default="1,10,100,500")

@@ -66,3 +66,20 @@ def test_auto_layer_traces_the_mlp_peak(embedded_clean, stats, monkeypatch):
     assert len(traces) == 1 and e.layers == [traces[0].peak("mlp")]
     assert embedded_clean.predict(PROMPT, 1)[0][0] == " Rome"
     e.undo()
+
+
+@pytest.mark.slow
+def test_wise_routes_the_edit_and_its_paraphrase_to_the_side_memory_and_nothing_else(embedded_clean):
+    """WISE at its defaults on the real model: the edit and a paraphrase go through the side memory
+    (the new answer), unrelated prompts through the base projection (bit for bit), and undo."""
+    model = embedded_clean
+    others = ["The Louvre is located in the city of", "Albert Einstein was born in the country of"]
+    before = {p: model.next_token_logits([p]) for p in others + [PROMPT]}
+    e = tl.edit(model, subject="The Eiffel Tower", prompt="{} is located in the city of", target="Rome",
+                method="wise", progress=False)
+    assert e.changes[0].target == "blocks.25.mlp_out_proj"
+    assert model.predict(PROMPT, 1)[0][0] == " Rome"
+    assert model.predict("Where is the Eiffel Tower? It is in the city of", 1)[0][0] == " Rome"
+    assert all(torch.equal(model.next_token_logits([p]), before[p]) for p in others)
+    e.undo()
+    assert torch.equal(model.next_token_logits([PROMPT]), before[PROMPT])

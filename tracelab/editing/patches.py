@@ -13,6 +13,9 @@ so a `PatchModule` class with `shared = True` runs as one member of a `PatchGrou
 (model, site, class) that calls `cls.forward_group(x, members, cache)` on all members at once (`cache`: a dict emptied
 whenever a member joins or leaves, for what depends on the members only). A member
 joins when its change is applied and leaves when it is reverted; the hook goes when the last leaves.
+A class with `reads_mask = True` finds the running forward pass's attention mask `[batch, pos]`
+in `cache["attention_mask"]` (None when the caller gave none): what a patch that judges a whole
+row needs, so that padding never decides (WISE's router).
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ class PatchModule(nn.Module):
     """
 
     shared: ClassVar[bool] = False
+    reads_mask: ClassVar[bool] = False
 
     def config(self) -> dict[str, Any]:
         return {}
@@ -62,6 +66,15 @@ class PatchGroup:
     def __init__(self, model: Model, site: Site, cls: type[PatchModule]) -> None:
         self.cls, self.members, self.cache, self.bypassed = cls, [], {}, False
         self.handle = install(model, site, self)
+        self.mask_hook = model.hf.register_forward_pre_hook(self._note_mask, with_kwargs=True) if cls.reads_mask else None
+
+    def _note_mask(self, module, args, kwargs) -> None:
+        self.cache["attention_mask"] = kwargs.get("attention_mask", args[1] if len(args) > 1 else None)
+
+    def remove(self) -> None:
+        self.handle.remove()
+        if self.mask_hook is not None:
+            self.mask_hook.remove()
 
     def join(self, module: PatchModule) -> None:
         self.members.append(module)
@@ -91,7 +104,7 @@ class _Member:
         g = self.groups[self.key]
         g.leave(self.module)
         if not g.members:
-            g.handle.remove()
+            g.remove()
             del self.groups[self.key]
 
 
