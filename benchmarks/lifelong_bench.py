@@ -3,6 +3,7 @@
     $ python benchmarks/lifelong_bench.py                                  # T = 500, the methods below
     $ python benchmarks/lifelong_bench.py --methods grace,rome --T 100 --suites zsre
     $ python benchmarks/lifelong_bench.py --methods memit --merge          # add one, keep the rest
+    $ python benchmarks/lifelong_bench.py --methods wise-500 --merge       # a variant (VARIANTS)
 
 Per method and suite, through `tl.evaluate(mode="sequential")`: the first T records edited in
 order (zsRE: records 500.. of zsre-sample.json, EasyEdit's reliability / generality / locality;
@@ -32,6 +33,8 @@ ZSRE = ROOT.parent / "shared" / "data" / "zsre-sample.json"
 # How each method is called in the stream: the layers of edit_bench (ROME's, MEMIT's window).
 EDIT_KWARGS = {"rome": {"layer": 4}, "memit": {"layers": [2, 3, 4, 5, 6]}, "alphaedit": {"layers": [2, 3, 4, 5, 6]},
                "ft-l": {"layer": 4}, "grace": {}, "t-patcher": {}, "wise": {}}
+# Runs of a method at other settings: name → (method, params as keyword arguments of its Params).
+VARIANTS = {"wise-500": ("wise", {"save_freq": 500, "merge_freq": 1000})}  # EasyEdit's shard size, not scaled
 METRICS = {"zsre": ("easyedit.reliability", "easyedit.generality", "easyedit.locality"),
            "counterfact": ("rome.efficacy_score", "rome.paraphrase_score", "rome.neighborhood_score")}
 PUBLISHED = ("WISE (Wang et al. 2024, Table 2), LLaMA-2-7B, ZsRE, T = 1000, rel. / gen. / loc.: GRACE 0.93 / 0.08 / "
@@ -80,14 +83,18 @@ def main() -> None:
         cases = records(model, suite, args.T)
         for method in args.methods.split(","):
             t = time.perf_counter()
-            res = tl.evaluate(model, cases, method, mode="sequential", checkpoints=checkpoints, at_checkpoint=health,
-                              progress=False, **EDIT_KWARGS.get(method, {}))
+            registered, settings = VARIANTS.get(method, (method, {}))
+            kwargs = dict(EDIT_KWARGS.get(registered, {}))
+            if settings:
+                kwargs["params"] = tl.editing.registry.get(registered).Params(**settings)
+            res = tl.evaluate(model, cases, registered, mode="sequential", checkpoints=checkpoints, at_checkpoint=health,
+                              progress=False, **kwargs)
             out["runs"][f"{method}/{suite}"] = {
                 "method": method, "suite": suite, "T": len(cases), "pre": res.summary["pre"],
                 "checkpoints": res.meta["checkpoints"], "before": res.meta["before"],
                 "median_edit_s": statistics.median(res.meta["edit_seconds"]),
                 "median_parameters": statistics.median(res.meta["edit_parameters"]),
-                "edit_kwargs": EDIT_KWARGS.get(method, {}), "seconds": time.perf_counter() - t}
+                "edit_kwargs": EDIT_KWARGS.get(registered, {}), "params": settings, "seconds": time.perf_counter() - t}
             last = res.meta["checkpoints"][str(len(cases))]
             print(f"{method}/{suite} T={len(cases)}: " + " ".join(f"{k.split('.')[-1]} {last.get(k, float('nan')):.1f}"
                   for k in METRICS[suite]) + f" ppl {last['perplexity']:.2f} (before {res.meta['before']['perplexity']:.2f})"
@@ -119,8 +126,9 @@ def figure(out: dict, path: Path) -> None:
     suites = sorted({r["suite"] for r in out["runs"].values()})
     panels = [(suite, metric) for suite in suites for metric in (*METRICS[suite], "perplexity")]
     fig = make_subplots(rows=len(suites), cols=4, subplot_titles=[f"{s}: {m.split('.')[-1]}" for s, m in panels])
-    colours = dict(zip(sorted({r["method"] for r in out["runs"].values()}), ("#1f77b4", "#d62728", "#2ca02c",
-                                                                            "#9467bd", "#ff7f0e", "#8c564b", "#17becf")))
+    palette = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#17becf", "#e377c2", "#7f7f7f",
+               "#bcbd22")
+    colours = dict(zip(sorted({r["method"] for r in out["runs"].values()}), palette))
     for i, (suite, metric) in enumerate(panels):
         for r in (r for r in out["runs"].values() if r["suite"] == suite):
             Ts = sorted(int(t) for t in r["checkpoints"])
