@@ -3,7 +3,7 @@
     $ python benchmarks/lifelong_bench.py                                  # T = 500, the methods below
     $ python benchmarks/lifelong_bench.py --methods grace,rome --T 100 --suites zsre
     $ python benchmarks/lifelong_bench.py --methods memit --merge          # add one, keep the rest
-    $ python benchmarks/lifelong_bench.py --methods wise-500 --merge       # a variant (VARIANTS)
+    $ python benchmarks/lifelong_bench.py --methods wise-10 --merge        # a variant (VARIANTS)
 
 Per method and suite, through `tl.evaluate(mode="sequential")`: the first T records edited in
 order (zsRE: records 500.. of zsre-sample.json, EasyEdit's reliability / generality / locality;
@@ -34,7 +34,7 @@ ZSRE = ROOT.parent / "shared" / "data" / "zsre-sample.json"
 EDIT_KWARGS = {"rome": {"layer": 4}, "memit": {"layers": [2, 3, 4, 5, 6]}, "alphaedit": {"layers": [2, 3, 4, 5, 6]},
                "ft-l": {"layer": 4}, "grace": {}, "t-patcher": {}, "wise": {}}
 # Runs of a method at other settings: name → (method, params as keyword arguments of its Params).
-VARIANTS = {"wise-500": ("wise", {"save_freq": 500, "merge_freq": 1000})}  # EasyEdit's shard size, not scaled
+VARIANTS = {"wise-10": ("wise", {"save_freq": 10, "merge_freq": 20})}  # shards scaled to this model's memory
 METRICS = {"zsre": ("easyedit.reliability", "easyedit.generality", "easyedit.locality"),
            "counterfact": ("rome.efficacy_score", "rome.paraphrase_score", "rome.neighborhood_score")}
 PUBLISHED = ("WISE (Wang et al. 2024, Table 2), LLaMA-2-7B, ZsRE, T = 1000, rel. / gen. / loc.: GRACE 0.93 / 0.08 / "

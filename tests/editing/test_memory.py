@@ -13,7 +13,7 @@ import tracelab as tl
 from tracelab.editing import GraceParams, Journal, Request, TPatcherParams, WiseParams, journal
 from tracelab.editing.methods.grace import GraceEntry
 from tracelab.editing.methods.tpatcher import PatchNeurons
-from tracelab.editing.methods.wise import WiseEdit, shard_sizes, ties_merge
+from tracelab.editing.methods.wise import WiseEdit, ties_merge
 from tracelab.editing.patches import group
 from tracelab.editing.toolkit.values import says_target
 from tracelab.models.tiny import tiny_model
@@ -85,16 +85,6 @@ def test_ties_trims_elects_a_sign_and_averages_the_agreeing_entries():
     a, b = torch.tensor([1.0, -2.0, 0.1, 3.0]), torch.tensor([1.0, 4.0, -0.1, -1.0])
     # density 0.75 keeps 3 of 4 entries each (drops ±0.1); signs by the sum: +, +, none, +
     assert ties_merge([a, b], 0.75).tolist() == [1.0, 4.0, 0.0, 3.0]
-
-
-def test_wises_shards_are_scaled_to_the_side_memorys_size():
-    from types import SimpleNamespace
-
-    assert shard_sizes(WiseParams(), SimpleNamespace(d_model=4096, d_mlp=11008)) == (500, 1000)   # EasyEdit's
-    assert shard_sizes(WiseParams(), SimpleNamespace(d_model=576, d_mlp=1536)) == (10, 20)       # SmolLM2-135M
-    assert shard_sizes(WiseParams(save_freq=7), SimpleNamespace(d_model=576, d_mlp=1536)) == (7, 14)
-    with pytest.raises(ValueError, match="multiple"):
-        shard_sizes(WiseParams(merge_freq=15), SimpleNamespace(d_model=576, d_mlp=1536))
 
 
 def test_full_shards_are_merged_and_the_merged_memory_takes_their_lowest_threshold():

@@ -25,9 +25,8 @@ the agreeing ones) into one memory whose threshold is the lowest of theirs (WISE
 Defaults: EasyEdit's LLaMA-2-7B ones (mask 0.2, 70 SGD steps at lr 1.0, |ΔW| ≤ 1, act ratio 0.88,
 save every 500 edits, merge every 1000, density 0.53, layer 27 of 32), scaled to the model where
 they are sizes: the margins α, β, γ (5, 20, 10) are distances between d_model-wide activations
-and are scaled by √(d_model / 4096); a shard's edits (500) by the side memory's entries
-(d_model · d_mlp against 4096 · 11008: 10 for SmolLM2-135M, whose one shared memory lost edits
-and locality between 10 and 100 edits, measured in benchmarks/README). Training runs under bf16 autocast (the scores in float32). Each edit is one Change holding its own ΔW entries; memories and thresholds
+and are scaled by √(d_model / 4096). Shards keep EasyEdit's 500 edits: scaling them to this
+model's 51× smaller memory (shards of 10, merged in pairs) was measured worse (benchmarks/README). Training runs under bf16 autocast (the scores in float32). Each edit is one Change holding its own ΔW entries; memories and thresholds
 are derived from the edits present, so an edit undoes alone from the middle of a stream.
 """
 
@@ -66,8 +65,8 @@ class WiseParams:
     norm_constraint: float = 1.0
     margins: tuple[float, float, float] = (5.0, 20.0, 10.0)
     act_ratio: float = 0.88
-    save_freq: int | None = None     # None: 500 scaled to the side memory's size (`shard_sizes`)
-    merge_freq: int | None = None    # None: 2 · save_freq
+    save_freq: int = 500
+    merge_freq: int = 1000
     density: float = 0.53
     irrelevant: int = 500
     irrelevant_rows: int = 3
@@ -78,10 +77,9 @@ class WiseParams:
         if not 0 < self.mask_ratio <= 1 or not 0 < self.density <= 1 or not 0 < self.act_ratio <= 1:
             raise ValueError(f"mask_ratio, density and act_ratio must be in (0, 1], got {self.mask_ratio}, "
                              f"{self.density}, {self.act_ratio}")
-        if any(f is not None and (not isinstance(f, int) or f < 1) for f in (self.save_freq, self.merge_freq)) or (
-                self.save_freq and self.merge_freq and self.merge_freq % self.save_freq):
-            raise ValueError(f"merge_freq must be a multiple of save_freq, both ints ≥ 1 (or None), got "
-                             f"{self.merge_freq!r}, {self.save_freq!r}")
+        if not isinstance(self.save_freq, int) or self.save_freq < 1 or self.merge_freq % self.save_freq:
+            raise ValueError(f"merge_freq must be a multiple of save_freq, an int ≥ 1, got {self.merge_freq!r}, "
+                             f"{self.save_freq!r}")
         if not isinstance(self.steps, int) or self.steps < 1 or not self.lr > 0 or not self.norm_constraint > 0:
             raise ValueError(f"steps must be a positive int, lr and norm_constraint > 0, got {self.steps!r}, "
                              f"{self.lr!r}, {self.norm_constraint!r}")
@@ -90,19 +88,6 @@ class WiseParams:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-LLAMA_SIDE_MEMORY = 4096 * 11008  # entries of LLaMA-2-7B's MLP output projection (EasyEdit's setting)
-
-
-def shard_sizes(params: WiseParams, model: Model) -> tuple[int, int]:
-    """(save_freq, merge_freq): as given, or EasyEdit's 500 and 1000 scaled by the side memory's
-    entries against LLaMA-2-7B's (d_model · d_mlp / 4096 · 11008: 10 and 20 for SmolLM2-135M)."""
-    save = params.save_freq or max(1, round(500 * model.d_model * model.d_mlp / LLAMA_SIDE_MEMORY))
-    merge = params.merge_freq or 2 * save
-    if merge % save:
-        raise ValueError(f"merge_freq {merge} is not a multiple of save_freq {save}")
-    return save, merge
 
 
 @lru_cache(maxsize=8)
@@ -249,11 +234,10 @@ class Wise(Method):
         site = model.mlp_out_proj(layer)
         present = group(model, site, WiseEdit)
         done = list(present.members) if present else []
-        save_freq, merge_freq = shard_sizes(params, model)
-        shard = len(done) // save_freq
+        shard = len(done) // params.save_freq
         rows, cols = model.d_model, model.d_mlp                                          # ΔW: k [d_mlp] → v [d_model]
         entry = WiseEdit(rows, cols, len(shard_mask(rows, cols, params.mask_ratio, params.seed + shard)), shard,
-                         params.mask_ratio, params.seed, params.act_ratio, save_freq, merge_freq,
+                         params.mask_ratio, params.seed, params.act_ratio, params.save_freq, params.merge_freq,
                          params.density, hidden_act(model)).to(model.device)
         before = sum((m.delta() for m in done if m.settings["shard"] == shard), torch.zeros(rows, cols))
         irrelevant = irrelevant_prompts(params, request, len(done))
