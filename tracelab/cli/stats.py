@@ -46,6 +46,7 @@ def run(args) -> int:
         print(f"{'layer':>5} {'tokens':>8}  corpus / weights hash   ({time.perf_counter() - start:.1f}s{where})")
         for l, s in stats.items():
             print(f"{l:>5} {s.count:>8}  {s.provenance['corpus']} / {s.provenance['weights']}")
-    if distributed:
+    if distributed:  # every rank done with its collectives first: a rank that leaves early aborts gloo on the other
+        torch.distributed.barrier()
         torch.distributed.destroy_process_group()
     return 0
