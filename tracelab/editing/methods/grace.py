@@ -47,6 +47,11 @@ from .ft import edit_loss, target_batch
 DEPTH = 27 / 31  # EasyEdit's GRACE layer for LLaMA-2-7B: model.layers[27] of 0..31
 
 
+def easyedit_layer(model: Model) -> int:
+    """The layer at EasyEdit's depth for GRACE and WISE (27 of LLaMA-2-7B's 0..31; 25 of 0..29)."""
+    return round(DEPTH * (model.n_layers - 1))
+
+
 @dataclass
 class GraceParams:
     """`epsilon`: ε_init, the deferral radius of a new key (in the units of the layer's MLP output);
@@ -137,8 +142,8 @@ class Grace(Method):
     name, title, family, Params, layers = "grace", "GRACE", "memory", GraceParams, "one"
 
     def default_layers(self, model: Model, request: Request) -> list[int]:
-        """`layer="auto"`: EasyEdit's depth (layer 27 of LLaMA-2-7B's 0..31), not a trace."""
-        return [round(DEPTH * (model.n_layers - 1))]
+        """`layer="auto"`: EasyEdit's depth (`easyedit_layer`), not a trace."""
+        return [easyedit_layer(model)]
 
     def apply(self, model: Model, requests: list[Request], layers: list[int], params: GraceParams,
               ctx: Context) -> list[Change]:

@@ -50,7 +50,7 @@ from ..requests import Request
 from ..toolkit.compute import replaying_below, training_mode, weights_require_grad
 from ..toolkit.keys import context_templates
 from .ft import edit_loss
-from .grace import DEPTH
+from .grace import easyedit_layer
 
 
 @dataclass
@@ -224,8 +224,8 @@ class Wise(Method):
     name, title, family, Params, layers = "wise", "WISE", "memory", WiseParams, "one"
 
     def default_layers(self, model: Model, request: Request) -> list[int]:
-        """`layer="auto"`: EasyEdit's depth (layer 27 of LLaMA-2-7B's 0..31), not a trace."""
-        return [round(DEPTH * (model.n_layers - 1))]
+        """`layer="auto"`: EasyEdit's depth (`easyedit_layer`), not a trace."""
+        return [easyedit_layer(model)]
 
     def apply(self, model: Model, requests: list[Request], layers: list[int], params: WiseParams,
               ctx: Context) -> list[Change]:
