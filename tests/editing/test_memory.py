@@ -148,7 +148,7 @@ def test_bad_input_is_refused_and_changes_nothing(method, tmp_path):
     with pytest.raises(ValueError, match="margin"):
         TPatcherParams(margin_2=1.0)
     with pytest.raises(ValueError, match="neurons"):
-        TPatcherParams(neurons=0)
+        TPatcherParams(max_neurons=0)
     with pytest.raises(ValueError, match="mask_ratio"):
         WiseParams(mask_ratio=0.0)
     with pytest.raises(ValueError, match="merge_freq"):
@@ -172,6 +172,25 @@ def test_bad_input_is_refused_and_changes_nothing(method, tmp_path):
     with pytest.raises(ValueError, match="hash"):
         Journal.load(tmp_path / "j").apply(other)
     assert len(journal(other)) == 0 and torch.equal(other.next_token_logits([STREAM[0].text]), other_logits)
+
+
+def test_t_patcher_adds_a_neuron_per_wrong_target_token_remembers_earlier_edits_and_skips_answered_ones():
+    from tracelab.editing.methods.ft import target_batch
+
+    model = tiny_model("llama")
+    first = Request("The Eiffel Tower", "The city of {}", "Rome and Paris and Lyon")
+    ((rows, ids),) = model.target_log_probs([first.text], [first.target])
+    wrong = sum(int(a != b) for a, b in zip(rows.argmax(-1).tolist(), ids))
+    assert wrong > 3
+    e1 = tl.edit(model, first, method="t-patcher", layer=LAYER, params=TPatcherParams(max_neurons=3), progress=False)
+    assert e1.info["neurons"] == 3 == e1.changes[0].module.keys.shape[0]           # capped at max_neurons
+    e2 = tl.edit(model, STREAM[1], method="t-patcher", layer=LAYER, progress=False)
+    _, mask, _ = target_batch(model, [first])
+    assert e2.info["memory_states"] == e1.info["memory_states"] + int(mask.sum())  # the paper's update_memory
+    assert says_target(model, STREAM[1])
+    with pytest.warns(UserWarning, match="already answers"):
+        again = tl.edit(model, STREAM[1], method="t-patcher", layer=LAYER, progress=False)
+    assert again.changes == []                                                    # no mistake: nothing added
 
 
 def test_layer_auto_is_each_papers_choice():

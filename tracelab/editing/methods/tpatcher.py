@@ -4,18 +4,22 @@ trained to fire on the edit and stay silent on everything else.
     >>> tl.edit(model, subject="Lyon", prompt="{} is in", target="Italy", method="t-patcher")   # last layer
     >>> tl.evaluate(model, "zsre", method="t-patcher", mode="sequential")
 
-Each edit adds `neurons` patch neurons to the MLP of layer l (its input x, its output y):
+Each edit adds patch neurons to the MLP of layer l (its input x, its output y), one per target token
+the model gets wrong (teacher forced; at most `max_neurons`), neuron i keyed at the position p_i
+that predicts its token, as the paper's code does for generation (`count_error_nums`):
 
     y ← y + relu(a) V,   a = x Kᵀ + b                      keys K [n, d], bias b [n], values V [n, d]
     L = L_edit + α L_act + μ L_mem                          (Adam, until the edit holds and memory is silent)
     L_edit = −mean_j log p(y_j | x, y_<j)                   the target, teacher forced
-    L_act  = mean exp(m_act − a_e)                          a_e: the activation at the prompt's last token
-    L_mem  = mean_top-k exp(a_i − a_e + m₁) + mean_top-k exp(a_i − m₂)   a_i: on the memory set
+    L_act  = mean_i exp(m_act − a_e,i)                      a_e,i: neuron i's activation at p_i
+    L_mem  = mean_top-k exp(a_m − a_e + m₁) + mean_top-k exp(a_m − m₂)   a_m: on the memory set
 
-Defaults are the paper's code (α 1, μ 5, m_act 0, m₁ 3, m₂ −3, top-k 1000 memory / 5 activation
-terms, Adam lr 1e-2 with weight decay 0.01, keys started at q/‖q‖² so that a_e = 1, values ×10).
-Scaled to this setting: the memory set is the MLP inputs at every token of `memory` prompts of the
-CounterFact training split (the paper: 40,000 BART states), and the patch neuron is a ReLU (a
+Defaults are the paper's code (α 1, μ 5, m_act 0, m₁ 3, m₂ −3, top-k 1000 memory terms, at most 5
+neurons per edit, Adam lr 1e-2 with weight decay 0.01, keys started at q/‖q‖² so that a_e = 1,
+values ×10, and `update_memory`: the states of the earlier edits join the memory set, so a new patch
+stays silent on them). A request the model already answers adds nothing (`tl.edit` skips it; the
+paper edits only mistakes). Scaled to this setting: the memory set is the MLP inputs at every token of `memory`
+prompts of the CounterFact training split (the paper: 40,000 BART states), and the patch neuron is a ReLU (a
 Llama MLP is gated, so it has no single-key neuron to copy; below zero a ReLU neuron adds exactly
 nothing, which is what the memory loss's margin asks for). Values start at zero (the paper: random),
 so the model is unchanged until training moves them.
@@ -43,11 +47,12 @@ from .ft import edit_loss, target_batch
 
 @dataclass
 class TPatcherParams:
-    """`neurons` per edit; `steps`: at most this many Adam steps (it stops once the target is the
-    greedy continuation and no memory state fires); `memory`: how many training-split prompts
-    give the memory set, or a path to a JSON list of texts."""
+    """`max_neurons`: at most this many neurons per edit (one per wrongly predicted target token);
+    `steps`: at most this many Adam steps (it stops once the target is the greedy continuation and
+    no memory state fires); `memory`: how many training-split prompts give the memory set, or a
+    path to a JSON list of texts."""
 
-    neurons: int = 1
+    max_neurons: int = 5
     steps: int = 200
     lr: float = 1e-2
     weight_decay: float = 0.01
@@ -62,7 +67,7 @@ class TPatcherParams:
     bf16: bool = True  # the model's matmuls in bf16 autocast (the patch's own math stays float32)
 
     def __post_init__(self) -> None:
-        for name in ("neurons", "steps", "top_k"):
+        for name in ("max_neurons", "steps", "top_k"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(f"{name} must be a positive int, got {getattr(self, name)!r}")
         if not self.lr > 0 or not self.amplify > 0:
@@ -119,23 +124,43 @@ _MEMORY: dict = {}  # (model, layer, texts, what the states depend on) -> [token
 
 
 @torch.no_grad()
-def mlp_inputs(model: Model, layer: int, texts: list[str], batch_size: int = 64, bf16: bool = False) -> torch.Tensor:
-    """The MLP input of `layer` at every (non-pad) token of `texts` `[tokens, d_model]` (float32;
-    `bf16`: the forward's matmuls in bf16 autocast)."""
-    from ...models.text import padded
-
-    seen, out = {}, []
+def mlp_input(model: Model, layer: int, ids: torch.Tensor, mask: torch.Tensor, bf16: bool = False) -> torch.Tensor:
+    """The MLP input of `layer` at every position of `ids` `[batch, pos, d_model]` (float32; `bf16`:
+    the forward's matmuls in bf16 autocast); the forward stops at that MLP."""
+    seen = {}
     handle = model.module(model.mlp(layer).module).register_forward_pre_hook(
         lambda m, args: seen.__setitem__("x", args[0]))
     try:
-        for i in range(0, len(texts), batch_size):
-            batch = padded(model, texts[i:i + batch_size])
-            with model.record([model.mlp_out(layer)], stop=True), torch.autocast(model.device.type, torch.bfloat16,
-                                                                                 enabled=bf16):
-                model.hf(**batch)
-            out.append(seen["x"].reshape(*batch["input_ids"].shape, -1)[batch["attention_mask"].bool()].float())
+        with model.record([model.mlp_out(layer)], stop=True), torch.autocast(model.device.type, torch.bfloat16,
+                                                                             enabled=bf16):
+            model.hf(input_ids=ids, attention_mask=mask)
     finally:
         handle.remove()
+    return seen["x"].reshape(*ids.shape, -1).float()
+
+
+def mlp_inputs(model: Model, layer: int, texts: list[str], batch_size: int = 64, bf16: bool = False) -> torch.Tensor:
+    """The MLP input of `layer` at every (non-pad) token of `texts` `[tokens, d_model]`."""
+    from ...models.text import padded
+
+    out = []
+    for i in range(0, len(texts), batch_size):
+        batch = padded(model, texts[i:i + batch_size])
+        x = mlp_input(model, layer, batch["input_ids"], batch["attention_mask"], bf16)
+        out.append(x[batch["attention_mask"].bool()])
+    return torch.cat(out)
+
+
+def edited_states(model: Model, layer: int, ctx: Context, request: Request, batch_size: int = 64) -> torch.Tensor:
+    """The MLP inputs of `layer` at every token of the earlier T-Patcher edits' prompt + target at
+    this layer `[tokens, d_model]` (the paper's `update_memory`); an earlier edit of the same subject
+    is left out (the new patch overrides it)."""
+    earlier = [r for e in ctx.journal.edits if e.method == TPatcher.name and e.layers == [layer] and e.changes
+               for r in e.requests if r.subject != request.subject]
+    out = [torch.zeros(0, model.d_model, device=model.device)]
+    for i in range(0, len(earlier), batch_size):
+        ids, mask, _ = target_batch(model, earlier[i:i + batch_size])
+        out.append(mlp_input(model, layer, ids, mask)[mask.bool()])
     return torch.cat(out)
 
 
@@ -170,22 +195,27 @@ class TPatcher(Method):
               ctx: Context) -> list[Change]:
         t = time.perf_counter()
         (request,), (layer,) = requests, layers
-        memory = memory_states(model, layer, memory_texts(params.memory, requests), ctx, params.bf16)
-        ids, mask, spans = target_batch(model, [request])
-        query = mlp_inputs(model, layer, [request.text])[-1]                              # the last prompt token
-        patch = PatchNeurons(query.numel(), params.neurons).to(model.device)
-        patch.keys.data.copy_(query.expand(params.neurons, -1) / query.norm() ** 2)       # a_e = 1 at the start
-        info = train_patch(model, patch, layer, query, memory, ids, mask, spans, params)
-        ctx.info.update(info, seconds={"t-patcher": time.perf_counter() - t}, memory_states=len(memory),
-                        parameters_added=sum(p.numel() for p in patch.parameters()))
+        texts = memory_texts(params.memory, requests)
+        ids, mask, ((n, target),) = target_batch(model, [request])
+        wrong = [j for j, right in enumerate(_greedy_is_target(model, ids, mask, n, target)) if not right]
+        positions = [n - 1 + j for j in wrong[:params.max_neurons]]                    # each predicts a wrong token
+        queries = mlp_input(model, layer, ids, mask)[0, positions]                      # [k, d]
+        memory = torch.cat([memory_states(model, layer, texts, ctx, params.bf16),
+                            edited_states(model, layer, ctx, request)])
+        patch = PatchNeurons(queries.shape[1], len(positions)).to(model.device)
+        patch.keys.data.copy_(queries / queries.norm(dim=1, keepdim=True) ** 2)         # a_e,i = 1 at the start
+        info = train_patch(model, patch, layer, queries, memory, ids, mask, [(n, target)], params)
+        ctx.info.update(info, neurons=len(positions), seconds={"t-patcher": time.perf_counter() - t},
+                        memory_states=len(memory), parameters_added=sum(p.numel() for p in patch.parameters()))
         return [HookPatch(model.mlp(layer).name, patch)]
 
 
-def train_patch(model: Model, patch: PatchNeurons, layer: int, query, memory, ids, mask, spans,
+def train_patch(model: Model, patch: PatchNeurons, layer: int, queries, memory, ids, mask, spans,
                 params: TPatcherParams) -> dict:
     """Adam on the patch's keys, bias and values (V = amplify · U) with the patch in place; layers
-    below `layer` replay their recorded output. Stops when the target is the greedy continuation and
-    every memory state's activation is below zero. Returns the losses and the final activations."""
+    below `layer` replay their recorded output. `queries` `[k, d]`: neuron i's input at its position.
+    Stops when the target is the greedy continuation and every memory state's activation is below
+    zero. Returns the losses and the final activations."""
     U = nn.Parameter(torch.zeros_like(patch.values))
     del patch.values  # V = amplify · U while training: a plain tensor whose gradient reaches U
     trained = [patch.keys, patch.bias, U]
@@ -200,7 +230,8 @@ def train_patch(model: Model, patch: PatchNeurons, layer: int, query, memory, id
                 for _ in range(params.steps):
                     patch.values = U * params.amplify
                     edit = edit_loss(model, ids, mask, spans, "target_new")
-                    a_e, a_m = patch.activations(query), patch.activations(memory)              # [n], [M, n]
+                    a_e = patch.activations(queries).diagonal()                              # [k]: own position
+                    a_m = patch.activations(memory)                                             # [M, k]
                     act = torch.exp(params.act_margin - a_e).mean()
                     k = min(params.top_k, a_m.numel())
                     mem = (torch.exp(a_m - a_e + params.margin_1).flatten().topk(k).values.mean()
@@ -211,7 +242,7 @@ def train_patch(model: Model, patch: PatchNeurons, layer: int, query, memory, id
                         p.grad = g
                     opt.step()
                     losses.append(float(loss.detach()))
-                    if float(a_m.detach().max()) < 0 and _says_target(model, ids, mask, n, target):  # ≈ 1 step
+                    if float(a_m.detach().max()) < 0 and all(_greedy_is_target(model, ids, mask, n, target)):
                         break
     finally:
         handle.remove()
@@ -221,12 +252,13 @@ def train_patch(model: Model, patch: PatchNeurons, layer: int, query, memory, id
         for p in (patch.keys, patch.bias):
             p.requires_grad_(False)
     with torch.no_grad():
-        return {"loss": losses, "steps": len(losses), "activation": patch.activations(query).tolist(),
+        return {"loss": losses, "steps": len(losses), "activation": patch.activations(queries).diagonal().tolist(),
                 "memory_max_activation": float(patch.activations(memory).max())}
 
 
 @torch.no_grad()
-def _says_target(model: Model, ids, mask, n: int, target: list[int]) -> bool:
-    with model.native():
+def _greedy_is_target(model: Model, ids, mask, n: int, target: list[int]) -> list[bool]:
+    """Per target token: is it the greedy next token (teacher forced; float32, as evaluation runs)?"""
+    with model.native(), torch.autocast(model.device.type, enabled=False):
         logits = model.hf(input_ids=ids, attention_mask=mask).logits[0, n - 1:n - 1 + len(target)]
-    return logits.argmax(-1).tolist() == target
+    return [int(t) == g for t, g in zip(target, logits.argmax(-1).tolist())]
