@@ -1,5 +1,5 @@
 """Every method on the same records, judged the same way: the baselines (FT-L, FT-M, LoRA, KN, IKE),
-ROME, and the memory methods (GRACE, T-Patcher), single edits.
+ROME, and the memory methods (GRACE, T-Patcher, WISE), single edits.
 
     $ python benchmarks/baselines_bench.py                       # 50 CounterFact + 50 zsRE edits per method
     $ python benchmarks/baselines_bench.py --n 10 --zsre-n 10 --dev 8        # smaller
@@ -34,7 +34,7 @@ from host import host_record
 RESULTS = ROOT / "benchmarks" / "results" / "baselines.json"
 TRAIN = ROOT.parent / "shared" / "data" / "counterfact-train.json"
 ZSRE = ROOT.parent / "shared" / "data" / "zsre-sample.json"
-METHODS = ("ft-l", "ft-m", "lora", "kn", "ike", "rome", "grace", "t-patcher")
+METHODS = ("ft-l", "ft-m", "lora", "kn", "ike", "rome", "grace", "t-patcher", "wise")
 # The development sweep: a few settings per method, around the paper's defaults.
 SWEEPS = {
     "ft-l": [{"epsilon": e} for e in (5e-4, 5e-3, 5e-2)],
@@ -53,6 +53,7 @@ PUBLISHED = {
     "rome": "ROME on GPT-2 XL (Meng et al. 2022, CounterFact): ES 100 / PS 96.4 / NS 75.4",
     "grace": "single edits not checked here (its published numbers are sequential: see lifelong_bench.py)",
     "t-patcher": "single edits not checked here (its published numbers are sequential: see lifelong_bench.py)",
+    "wise": "single edits not checked here (its published numbers are sequential: see lifelong_bench.py)",
 }
 
 
@@ -67,7 +68,7 @@ def run(model, records, method: str, params, layer: int) -> dict:
     from tracelab.editing import registry
 
     # the memory methods edit at their paper's layer (layer="auto" is that, not a trace); the others at `layer`
-    own = method in ("grace", "t-patcher")
+    own = registry.get(method).family == "memory"
     kwargs = {} if registry.get(method).layers == "none" else {"layer": "auto" if own else layer}
     res = tl.evaluate(model, records, method, mode="single", params=params, progress=False, **kwargs)
     made = [r["edit"] for r in res.rows if r.get("edit", {}).get("seconds") is not None]
