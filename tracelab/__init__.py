@@ -21,11 +21,11 @@ _LAZY = {
     "trace": "tracing", "trace_dataset": "tracing", "attribute": "tracing", "TraceResult": "tracing",
     "GaussianNoise": "tracing", "TokenReplace": "tracing", "knowledge_neurons": "tracing",
     "edit": "editing", "Edit": "editing", "Journal": "editing", "journal": "editing",
-    "evaluate": "evaluation",
+    "evaluate": "evaluation", "train_editor": "training",
     "SteeringVector": "steering", "actadd": "steering", "caa": "steering", "repe": "steering",
     "steer": "steering",
 }
-_SUBPACKAGES = {"tracing", "editing", "evaluation", "steering", "viz", "widgets", "kernels", "data", "models"}
+_SUBPACKAGES = {"tracing", "editing", "evaluation", "training", "steering", "viz", "widgets", "kernels", "data", "models"}
 
 __all__ = ["Model", "Site", "load_model", *_LAZY]
 

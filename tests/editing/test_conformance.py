@@ -25,7 +25,8 @@ LAYER = 2
 TINY_PARAMS = {"memit": lambda: tl.editing.MemitParams(values=tl.editing.ValueParams(clamp_norm=4.0), mom2_weight=100.0),
                "alphaedit": lambda: tl.editing.AlphaEditParams(values=tl.editing.ValueParams(clamp_norm=4.0)),
                "ft-l": lambda: tl.editing.FTLParams(epsilon=0.5, lr=1e-2),
-               "ft-m": lambda: tl.editing.FTMParams(lr=1e-2)}
+               "ft-m": lambda: tl.editing.FTMParams(lr=1e-2),
+               "mend": lambda: tl.editing.MendParams(rank=8, norm_edits=4, edit_lr=1e-2)}
 # In-context methods cannot reach a target on a random model (it does not follow a context); for
 # them the contract is that the prompt is asked differently while applied, and exactly as before after.
 IN_CONTEXT = {n for n in registry.names() if registry.get(n).family == "in-context"}
@@ -70,6 +71,14 @@ class PushTowardsTarget(Method):
         return [HookPatch(f"blocks.{layer}.resid", module)]
 
 
+@pytest.fixture(autouse=True, scope="module")
+def editor_cache(tmp_path_factory):
+    """Trained methods' checkpoints for the tiny model, trained once for this module."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TRACELAB_CACHE", str(tmp_path_factory.mktemp("cache")))
+        yield
+
+
 def _setup(name):
     model = tiny_model("llama")
     method = registry.get(name)
@@ -77,6 +86,12 @@ def _setup(name):
         if "stats" in method.needs else None
     layers = {"layer": LAYER} if method.layers == "one" else {"layers": [1, LAYER]} if method.layers == "range" else {}
     params = TINY_PARAMS[name]() if name in TINY_PARAMS else None
+    if method.trained:  # a few steps of training (returned from the cache after the first call)
+        from tracelab.data import shared_data
+        from tracelab.training import train_editor
+
+        train_editor(name, model, shared_data("zsre-sample.json"), layers=layers.get("layers", [LAYER]), params=params,
+                     limit=40, steps=2, batch_size=4, val=8, val_every=2, progress=False)
     return model, method, dict(stats=stats, params=params, progress=False, **layers)
 
 

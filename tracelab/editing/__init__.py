@@ -7,8 +7,8 @@
     >>> e.undo()                                   # back, bit for bit
 
 Modules: `api` (edit), `registry` (Method, register, names), `changes` (ParamDelta, HookPatch,
-PromptContext), `journal` (Edit, Journal, transactions), `requests` (Request), `methods/` (one
-module per method), `toolkit/` (what the locate-then-edit methods share: key statistics and their
+PromptContext), `journal` (Edit, Journal, transactions), `requests` (Request), `checkpoints` (trained editors on
+disk), `methods/` (one module per method), `toolkit/` (what the locate-then-edit methods share: key statistics and their
 corpus, k*, v*/z, float64 solves).
 """
 
@@ -18,7 +18,7 @@ from .changes import Change, HookPatch, ParamDelta, PromptContext
 from .patches import PatchModule, register_patch
 from .journal import Edit, EditDelta, Journal, journal
 from .methods import (AlphaEditParams, FTLParams, FTMParams, FTParams, GraceParams, IKEParams, KNParams, LoRAParams,
-                      MemitParams, RomeParams, TPatcherParams, WiseParams)
+                      MemitParams, MendParams, RomeParams, TPatcherParams, WiseParams)
 from .registry import Method, register
 from .requests import Request
 from .toolkit.corpus import Corpus, corpus
@@ -26,6 +26,6 @@ from .toolkit.stats import KeyStats, key_stats
 from .toolkit.values import ValueParams
 
 __all__ = ["AlphaEditParams", "Change", "Corpus", "Edit", "EditDelta", "FTLParams", "FTMParams", "FTParams",
-           "GraceParams", "HookPatch", "IKEParams", "Journal", "KNParams", "KeyStats", "LoRAParams", "MemitParams", "Method", "ParamDelta",
+           "GraceParams", "HookPatch", "IKEParams", "Journal", "KNParams", "KeyStats", "LoRAParams", "MemitParams", "MendParams", "Method", "ParamDelta",
            "PatchModule", "PromptContext", "Request", "RomeParams", "TPatcherParams", "ValueParams", "WiseParams", "corpus",
            "edit", "journal", "key_stats", "register", "register_patch", "registry"]

@@ -18,6 +18,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from ..models import Model
 from ..models.loading import as_model
+from .checkpoints import find_editor
 from .journal import Edit, journal
 from .transaction import transaction
 from .methods import DEFAULT
@@ -132,9 +133,10 @@ def edit(
         prepared = _stats(model, chosen, stats, corpus, stats_tokens, progress)
         hparams.update(corpus=corpus, stats_tokens=stats_tokens,
                        stats={str(l): s.provenance for l, s in prepared.items()})
+    editor = _editor(model, m, chosen, hp, hparams) if m.trained else None
     start = time.perf_counter()
     with transaction(model) as tx:
-        ctx = Context(tx, journal(model), prepared, progress)
+        ctx = Context(tx, journal(model), prepared, progress, editor=editor)
         for change in m.apply(model, todo, chosen, hp, ctx):
             if change not in tx.changes:
                 tx.apply(change)
@@ -142,3 +144,13 @@ def edit(
     e.info = dict(ctx.info, norms={d.layer: d.norm for d in e.deltas if d.layer is not None},
                   total_seconds=time.perf_counter() - start)
     return journal(model).record(e)
+
+
+def _editor(model: Model, m, layers: list[int], params, hparams: dict):
+    """A trained method's network from its checkpoint for this model and layers (ValueError naming
+    the training command when there is none); its provenance goes into the edit's hparams."""
+    tensors, meta = find_editor(model, m.name, layers, getattr(params, "checkpoint", None))
+    editor = m.init_editor(model, layers, type(params)(**meta["params"]), None)
+    editor.load_state_dict(tensors)
+    hparams["checkpoint"] = {k: meta.get(k) for k in ("weights", "data", "step", "best", "created")}
+    return editor.eval()

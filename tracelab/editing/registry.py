@@ -44,7 +44,8 @@ class Context:
     `tx`: the edit's `Transaction` (`tx.apply(change)` now, `tx.trial(change)` for a check);
     `journal`: the model's journal (earlier edits, their `state`; `journal.suspended()` gives the
     unedited model); `stats`: `{layer: KeyStats}` when the method `needs` "stats"; `progress`:
-    show progress bars; `info`: what the method reports (timings, losses), stored on the `Edit`.
+    show progress bars; `info`: what the method reports (timings, losses), stored on the `Edit`;
+    `editor`: a `trained` method's network, loaded from its checkpoint.
     """
 
     tx: Any
@@ -52,6 +53,7 @@ class Context:
     stats: dict[int, Any] = field(default_factory=dict)
     progress: bool = True
     info: dict[str, Any] = field(default_factory=dict)
+    editor: Any = None
 
 
 class Method:
@@ -65,6 +67,9 @@ class Method:
     - `layers`: "one" (a single layer), "range" (increasing layers) or "none"; `auto_layers`:
       what `layer="auto"` picks, "peak" (the traced MLP peak) or "window" (the traced window);
       by default the peak for "one", the window for "range".
+    - `trained`: the method learns to edit (`tracelab.train_editor`); it then also gives
+      `init_editor`, `optimizer_groups`, `training_loss`, `validate` and its `val_metrics` (see
+      `tracelab.training`), and `tl.edit` hands it the checkpoint's network as `ctx.editor`.
     """
 
     name: ClassVar[str]
@@ -76,6 +81,8 @@ class Method:
     needs: ClassVar[tuple[str, ...]] = ()
     layers: ClassVar[str] = "one"
     auto_layers: ClassVar[str] = ""
+    trained: ClassVar[bool] = False
+    val_metrics: ClassVar[tuple[str, ...]] = ()
     already_said: ClassVar[str] = "skip"  # a request the model already answers: "skip" (warn) or "refuse"
 
     def default_layers(self, model: Model, request: Request) -> list[int]:

@@ -1,12 +1,12 @@
 """The registered editing methods, one module each (importing this package registers them).
 
     >>> from tracelab.editing import registry
-    >>> registry.names()            # ['alphaedit', 'ft-l', 'ft-m', 'grace', 'ike', 'kn', 'lora', 'memit', 'rome', 't-patcher', 'wise']
+    >>> registry.names()            # ['alphaedit', 'ft-l', 'ft-m', 'grace', 'ike', 'kn', 'lora', 'memit', 'mend', 'rome', 't-patcher', 'wise']
 
 `DEFAULT` is what `tl.edit` uses when no method is named.
 """
 
-from . import alphaedit, ft, grace, ike, kn, lora, memit, rome, tpatcher, wise  # noqa: F401  (each registers itself)
+from . import alphaedit, ft, grace, ike, kn, lora, memit, mend, rome, tpatcher, wise  # noqa: F401  (each registers itself)
 from .alphaedit import AlphaEditParams
 from .ft import FTLParams, FTMParams, FTParams
 from .grace import GraceParams
@@ -14,6 +14,7 @@ from .ike import IKEParams
 from .kn import KNParams
 from .lora import LoRAParams
 from .memit import MemitParams
+from .mend import MendParams
 from .rome import RomeParams
 from .tpatcher import TPatcherParams
 from .wise import WiseParams
@@ -21,4 +22,4 @@ from .wise import WiseParams
 DEFAULT = "rome"
 
 __all__ = ["AlphaEditParams", "DEFAULT", "FTLParams", "FTMParams", "FTParams", "GraceParams", "IKEParams", "KNParams",
-           "LoRAParams", "MemitParams", "RomeParams", "TPatcherParams", "WiseParams"]
+           "LoRAParams", "MemitParams", "MendParams", "RomeParams", "TPatcherParams", "WiseParams"]
