@@ -83,3 +83,24 @@ def test_wise_routes_the_edit_and_its_paraphrase_to_the_side_memory_and_nothing_
     assert all(torch.equal(model.next_token_logits([p]), before[p]) for p in others)
     e.undo()
     assert torch.equal(model.next_token_logits([PROMPT]), before[PROMPT])
+
+
+@pytest.mark.slow
+def test_mend_trains_and_edits_the_real_model_at_its_last_three_layers(embedded_clean, tmp_path, monkeypatch):
+    """Two training steps of MEND on the embedded model (the real layer signature: SmolLM2's MLP
+    output projections), a checkpoint tl.edit finds, factored ParamDeltas at layers 27–29, undo."""
+    from tracelab.data import shared_data
+    from tracelab.editing import MendParams
+
+    monkeypatch.setenv("TRACELAB_CACHE", str(tmp_path))
+    model = embedded_clean
+    meta = tl.train_editor("mend", model, shared_data("zsre-sample.json"), limit=12, steps=2, batch_size=2, val=2,
+                           val_every=2, params=MendParams(rank=16, norm_edits=4, edit_lr=1e-2), progress=False)
+    assert meta["layers"] == [27, 28, 29] and meta["history"][-1]["step"] == 2
+    before = model.next_token_logits([PROMPT])
+    e = tl.edit(model, subject="The Eiffel Tower", prompt="{} is located in the city of", target="Rome",
+                method="mend", progress=False)
+    assert [c.layer for c in e.changes] == [27, 28, 29] and all(c.factors is not None for c in e.changes)
+    assert not torch.equal(model.next_token_logits([PROMPT]), before)
+    e.undo()
+    assert torch.equal(model.next_token_logits([PROMPT]), before)
