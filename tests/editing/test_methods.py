@@ -241,8 +241,8 @@ def test_bad_inputs_change_nothing():
              stats=stats, progress=False)
     with pytest.raises(ValueError, match="rome edits one fact at a time"):
         edit(model, [REQ, Request("Lyon", "{} is in", "Italy")], **kw)
-    with pytest.raises(ValueError, match=r"unknown method 'mend': registered methods are \[.*'rome'"):
-        edit(model, REQ, method="mend", **kw)
+    with pytest.raises(ValueError, match=r"unknown method 'no-such-method': registered methods are \[.*'rome'"):
+        edit(model, REQ, method="no-such-method", **kw)
     other = tiny_model("gpt2", seed=1)
     with pytest.raises(ValueError, match="computed on"):
         edit(other, REQ, **kw)  # statistics of a different model

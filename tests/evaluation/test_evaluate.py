@@ -63,8 +63,8 @@ def test_evaluate_conventions_on_a_tiny_model(tmp_path):
     path = hurt.save(tmp_path / "res.json")
     assert EvalResult.load(path).summary == hurt.summary
     assert "rome.efficacy_score" in hurt.table()
-    with pytest.raises(ValueError, match="unknown method .mend.: registered methods are"):
-        evaluate(model, [FLAT], "mend", progress=False)
+    with pytest.raises(ValueError, match="unknown method .no-such-method.: registered methods are"):
+        evaluate(model, [FLAT], "no-such-method", progress=False)
 
 
 def test_evaluate_rome_per_record_leaves_weights_unchanged(tmp_path, monkeypatch):
