@@ -35,7 +35,7 @@ import torch
 from . import distributed as dist
 from .editing.checkpoints import (checkpoint_stem, file_sha256, model_weights_hash, read_checkpoint,
                                   save_checkpoint)
-from .editing.registry import get
+from .editing.registry import get, names
 from .editing.toolkit.compute import weights_require_grad
 from .models import Model, as_model
 
@@ -62,10 +62,9 @@ def _order(n: int, seed: int) -> torch.Tensor:
 
 def batch_at(step: int, batch_size: int, n: int, seed: int) -> list[int]:
     """Indices into the training records of step `step`'s batch (epoch e in order `seed + 1 + e`)."""
-    out = []
-    for i in range(step * batch_size, (step + 1) * batch_size):
-        out.append(int(_order(n, seed + 1 + i // n)[i % n]))
-    return out
+    positions = range(step * batch_size, (step + 1) * batch_size)
+    orders = {e: _order(n, seed + 1 + e) for e in {i // n for i in positions}}     # the epochs this batch spans
+    return [int(orders[i // n][i % n]) for i in positions]
 
 
 def train_editor(
@@ -79,9 +78,8 @@ def train_editor(
     (`resume=False` discards it and starts over). `layers`: the method's default when None."""
     model = as_model(model)
     m = get(method)
-    if not getattr(m, "trained", False):
-        raise ValueError(f"{method} does not learn to edit: trained methods are "
-                         f"{[n for n in _names() if getattr(get(n), 'trained', False)]}")
+    if not m.trained:
+        raise ValueError(f"{method} does not learn to edit: trained methods are {[n for n in names() if get(n).trained]}")
     for name, value in (("steps", steps), ("batch_size", batch_size), ("val", val), ("val_every", val_every),
                         ("patience", patience)):
         if not isinstance(value, int) or value < 1:
@@ -127,7 +125,7 @@ def train_editor(
 
     bar = tqdm(range(start, steps), desc=f"train {method}", disable=not progress or rank != 0, initial=start,
                total=steps)
-    stale = sum(1 for _ in _since_best(history, best))
+    stale = sum(h["step"] > best["step"] for h in history)  # validations since the best (when resumed)
     with weights_require_grad(model, False):
         for step in bar:
             editor.train()
@@ -163,21 +161,12 @@ def train_editor(
     return {**final, "path": str(stem)}
 
 
-def _names() -> list[str]:
-    from .editing.registry import names
-
-    return names()
-
-
-def _since_best(history: list[dict], best: dict):
-    return (h for h in history if h["step"] > best["step"])
-
-
 @torch.no_grad()
 def _validate(m, model: Model, editor, layers, records, params, rank: int, world: int) -> tuple[float, dict]:
     """Each of the method's `val_metrics` averaged over the held-out records, and their mean."""
     editor.eval()
-    rows = m.validate(model, editor, layers, records[rank::world], params) if records[rank::world] else []
+    mine = records[rank::world]
+    rows = m.validate(model, editor, layers, mine, params) if mine else []
     sums = torch.tensor([[r[k] for k in m.val_metrics] for r in rows], dtype=torch.float64)
     sums = dist.reduce_sum_(sums.reshape(-1, len(m.val_metrics)).sum(0))
     means = {k: float(v) / len(records) for k, v in zip(m.val_metrics, sums)}
