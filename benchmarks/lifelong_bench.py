@@ -30,9 +30,10 @@ from host import host_record
 
 RESULTS = ROOT / "benchmarks" / "results" / "lifelong.json"
 ZSRE = ROOT.parent / "shared" / "data" / "zsre-sample.json"
-# How each method is called in the stream: the layers of edit_bench (ROME's, MEMIT's window).
+# How each method is called in the stream: the layers of edit_bench (ROME's, MEMIT's window). The
+# learned editors (mend, ke, serac) use the newest checkpoint in the cache (learned_bench trains it).
 EDIT_KWARGS = {"rome": {"layer": 4}, "memit": {"layers": [2, 3, 4, 5, 6]}, "alphaedit": {"layers": [2, 3, 4, 5, 6]},
-               "ft-l": {"layer": 4}, "grace": {}, "t-patcher": {}, "wise": {}}
+               "ft-l": {"layer": 4}, "grace": {}, "t-patcher": {}, "wise": {}, "mend": {}, "ke": {}, "serac": {}}
 # Runs of a method at other settings: name → (method, params as keyword arguments of its Params).
 VARIANTS = {"wise-10": ("wise", {"save_freq": 10, "merge_freq": 20})}  # shards scaled to this model's memory
 METRICS = {"zsre": ("easyedit.reliability", "easyedit.generality", "easyedit.locality"),

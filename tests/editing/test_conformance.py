@@ -26,10 +26,13 @@ TINY_PARAMS = {"memit": lambda: tl.editing.MemitParams(values=tl.editing.ValuePa
                "alphaedit": lambda: tl.editing.AlphaEditParams(values=tl.editing.ValueParams(clamp_norm=4.0)),
                "ft-l": lambda: tl.editing.FTLParams(epsilon=0.5, lr=1e-2),
                "ft-m": lambda: tl.editing.FTMParams(lr=1e-2),
-               "mend": lambda: tl.editing.MendParams(rank=8, norm_edits=4, edit_lr=1e-2)}
-# In-context methods cannot reach a target on a random model (it does not follow a context); for
-# them the contract is that the prompt is asked differently while applied, and exactly as before after.
-IN_CONTEXT = {n for n in registry.names() if registry.get(n).family == "in-context"}
+               "mend": lambda: tl.editing.MendParams(rank=8, norm_edits=4, edit_lr=1e-2),
+               "ke": lambda: tl.editing.KEParams(max_scale=100.0, lstm_dim=16, condition_dim=32, hidden_dim=16),
+               "serac": lambda: tl.editing.SeracParams(rank=2, scope_dim=16, scope_steps=50)}
+# In-context methods cannot reach a target on a random model (it does not follow a context), nor can
+# SERAC, whose counterfactual model answers from one; for them the contract is that the prompt is
+# asked differently while applied, and exactly as before after.
+IN_CONTEXT = {n for n in registry.names() if registry.get(n).family == "in-context"} | {"serac"}
 
 
 @register_patch
@@ -90,7 +93,8 @@ def _setup(name):
         from tracelab.data import shared_data
         from tracelab.training import train_editor
 
-        train_editor(name, model, shared_data("zsre-sample.json"), layers=layers.get("layers", [LAYER]), params=params,
+        trained_layers = layers.get("layers", [LAYER] if method.layers == "one" else [])
+        train_editor(name, model, shared_data("zsre-sample.json"), layers=trained_layers, params=params,
                      limit=40, steps=2, batch_size=4, val=8, val_every=2, progress=False)
     return model, method, dict(stats=stats, params=params, progress=False, **layers)
 

@@ -104,3 +104,28 @@ def test_mend_trains_and_edits_the_real_model_at_its_last_three_layers(embedded_
     assert not torch.equal(model.next_token_logits([PROMPT]), before)
     e.undo()
     assert torch.equal(model.next_token_logits([PROMPT]), before)
+
+
+@pytest.mark.slow
+def test_serac_trains_and_routes_the_real_model(embedded_clean, tmp_path, monkeypatch):
+    """SERAC on the embedded model: the classifier fitted on its states, two adapter steps at all 30
+    MLP output projections, an edit that routes its own prompt and leaves an unrelated one to the
+    base model (its logits bit for bit), undo."""
+    from tracelab.data import shared_data
+    from tracelab.editing import SeracParams
+    from tracelab.editing.methods.serac import MARKER
+
+    monkeypatch.setenv("TRACELAB_CACHE", str(tmp_path))
+    model = embedded_clean
+    meta = tl.train_editor("serac", model, shared_data("zsre-sample.json"), limit=40, steps=2, batch_size=2, val=4,
+                           val_every=2, params=SeracParams(scope_steps=100), progress=False)
+    assert meta["layers"] == [] and meta["history"][-1]["step"] == 2
+    other = "Water boils at a temperature of"
+    before = [model.next_token_logits([p]) for p in (PROMPT, other)]
+    e = tl.edit(model, subject="The Eiffel Tower", prompt="{} is located in the city of", target="Rome",
+                method="serac", progress=False)
+    assert model.query_text([PROMPT, other]) == [f"{MARKER}{PROMPT} Rome\n{PROMPT}", other]
+    assert torch.equal(model.next_token_logits([other]), before[1])  # alone: a batch's padding moves the last bits
+    assert not torch.equal(model.next_token_logits([PROMPT]), before[0])
+    e.undo()
+    assert all(torch.equal(model.next_token_logits([p]), b) for p, b in zip((PROMPT, other), before))

@@ -147,3 +147,27 @@ def test_the_command_line_trains_and_prints_the_checkpoint(cache, tmp_path, caps
     assert code == 0 and "mend: 2 steps" in out and str(cache) in out
     assert main(["train-editor", "mend", "--data", str(_zsre()), "--set", "nonsense=1",
                  "--model", str(tmp_path / "model")]) == 2
+
+
+def test_knowledge_editor_update_is_the_papers_dense_formula():
+    """The factored KE update Σ_t (ρ̂_a ⊙ δ_t)(κ_a ⊙ u_t)ᵀ + ρ̂_b κ_bᵀ, times s·σ(η), equals the paper's
+    s · σ(η) · (∇W L ⊙ softmax(ρ_a)ᵀκ_a + softmax(ρ_b)ᵀκ_b) with ∇W L from autograd."""
+    from tracelab.editing import KEParams
+    from tracelab.editing.methods.ft import target_batch
+    from tracelab.editing.methods.ke import KE
+    from tracelab.editing.methods.mend import row_nll
+
+    model = tiny_model("llama")
+    torch.manual_seed(0)
+    ke = KE()
+    editor = ke.init_editor(model, [2, 3], KEParams(max_scale=3.0, lstm_dim=8, condition_dim=16, hidden_dim=8), None)
+    request = read_records(_zsre())[600].request
+    (U, D, alpha), = [ke.edit_factors(model, editor, [2, 3], [request])[3]]
+    weight = model.mlp_out_weight(3).param          # nn.Linear: [d_out, d_in]
+    ids, mask, spans = target_batch(model, [request])
+    weight.requires_grad_(True)
+    grad, = torch.autograd.grad(row_nll(model.hf(input_ids=ids, attention_mask=mask).logits, spans).sum(), weight)
+    weight.requires_grad_(False)
+    rho_a, kappa_a, rho_b, kappa_b, gate = editor.weights[1](editor.encode(model, [request]))
+    paper = 3.0 * gate[0] * (grad * (rho_a[0][:, None] @ kappa_a[0][None]) + rho_b[0][:, None] @ kappa_b[0][None])
+    torch.testing.assert_close(alpha * D[0].T @ U[0], paper.detach(), atol=1e-5, rtol=1e-4)

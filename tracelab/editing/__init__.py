@@ -17,8 +17,8 @@ from .api import edit
 from .changes import Change, HookPatch, ParamDelta, PromptContext
 from .patches import PatchModule, register_patch
 from .journal import Edit, EditDelta, Journal, journal
-from .methods import (AlphaEditParams, FTLParams, FTMParams, FTParams, GraceParams, IKEParams, KNParams, LoRAParams,
-                      MemitParams, MendParams, RomeParams, TPatcherParams, WiseParams)
+from .methods import (AlphaEditParams, FTLParams, FTMParams, FTParams, GraceParams, IKEParams, KEParams, KNParams,
+                      LoRAParams, MemitParams, MendParams, RomeParams, SeracParams, TPatcherParams, WiseParams)
 from .registry import Method, register
 from .requests import Request
 from .toolkit.corpus import Corpus, corpus
@@ -26,6 +26,6 @@ from .toolkit.stats import KeyStats, key_stats
 from .toolkit.values import ValueParams
 
 __all__ = ["AlphaEditParams", "Change", "Corpus", "Edit", "EditDelta", "FTLParams", "FTMParams", "FTParams",
-           "GraceParams", "HookPatch", "IKEParams", "Journal", "KNParams", "KeyStats", "LoRAParams", "MemitParams", "MendParams", "Method", "ParamDelta",
-           "PatchModule", "PromptContext", "Request", "RomeParams", "TPatcherParams", "ValueParams", "WiseParams", "corpus",
+           "GraceParams", "HookPatch", "IKEParams", "Journal", "KEParams", "KNParams", "KeyStats", "LoRAParams", "MemitParams", "MendParams", "Method", "ParamDelta",
+           "PatchModule", "PromptContext", "Request", "RomeParams", "SeracParams", "TPatcherParams", "ValueParams", "WiseParams", "corpus",
            "edit", "journal", "key_stats", "register", "register_patch", "registry"]

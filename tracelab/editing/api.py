@@ -153,4 +153,5 @@ def _editor(model: Model, m, layers: list[int], params, hparams: dict):
     editor = m.init_editor(model, layers, type(params)(**meta["params"]), None)
     editor.load_state_dict(tensors)
     hparams["checkpoint"] = {k: meta.get(k) for k in ("weights", "data", "step", "best", "created")}
+    editor.checkpoint = {k: meta[k] for k in ("path", "tensors", "weights")}  # where a change may reload it
     return editor.eval()

@@ -342,6 +342,13 @@ class PromptContext(Change):
 KINDS: dict[str, type[Change]] = {c.kind: c for c in (ParamDelta, HookPatch, PromptContext)}
 
 
+def register_change(cls: type[Change]) -> type[Change]:
+    """Make a `Change` class of a new kind loadable by `load_change` (a decorator; SERAC's edit
+    memory entries are one)."""
+    KINDS[cls.kind] = cls
+    return cls
+
+
 def load_change(record: dict[str, Any], tensors: dict[str, torch.Tensor]) -> Change:
     """Rebuild a saved change from its JSON record and its tensors, refusing tensors that are not
     the ones saved (their hash is in the record)."""

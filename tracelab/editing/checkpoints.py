@@ -81,13 +81,14 @@ def read_checkpoint(stem: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
 def find_editor(model: Model, method: str, layers: list[int], path: str | Path | None = None
                 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """The newest finished checkpoint of `method` for this base model and `layers` (or the one at
-    `path`, checked the same way). ValueError naming the training command when there is none, or
+    `path`, checked the same way): `(tensors, provenance with "path")`. ValueError naming the training command when there is none, or
     when the one given was trained on another base model or layer set."""
     weights = model_weights_hash(model)
     if path is not None:
-        tensors, meta = read_checkpoint(Path(path).with_suffix("") if str(path).endswith(".json") else path)
+        stem = Path(path).with_suffix("") if str(path).endswith(".json") else Path(path)
+        tensors, meta = read_checkpoint(stem)
         _check(meta, method, weights, layers, Path(path))
-        return tensors, meta
+        return tensors, {**meta, "path": str(stem)}
     folder = editors_dir(model)
     mine = sorted(folder.glob(f"{method}-{_layers_tag(layers)}-{weights}-*.json"), key=lambda p: p.stat().st_mtime)
     mine = [p for p in mine if not p.name.endswith("-partial.json")]
@@ -98,7 +99,7 @@ def find_editor(model: Model, method: str, layers: list[int], path: str | Path |
                          f"{folder}{seen}. Train one first:\n  {train_command(method, layers)}")
     tensors, meta = read_checkpoint(mine[-1].with_suffix(""))
     _check(meta, method, weights, layers, mine[-1])
-    return tensors, meta
+    return tensors, {**meta, "path": str(mine[-1].with_suffix(""))}
 
 
 def _check(meta: dict, method: str, weights: str, layers: list[int], where: Path) -> None:

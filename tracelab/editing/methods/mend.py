@@ -205,7 +205,7 @@ class MEND(Method):
     def training_loss(self, model: Model, editor: MendEditor, layers, records, params: MendParams):
         if not records:
             return sum(p.sum() * 0 for p in editor.parameters()), {}
-        factors = editor.factors(gradient_factors(model, layers, *target_batch(model, [r.request for r in records])))
+        factors = self.edit_factors(model, editor, layers, [r.request for r in records])
         ids, mask, spans = _pairs(model, [(_equivalent(r), r.request.target) for r in records])
         loc_ids, loc_mask, _ = _pairs(model, [_locality(r) for r in records])
         with torch.no_grad(), model.native():
@@ -219,7 +219,7 @@ class MEND(Method):
         return loss, {"nll": float(nll.detach().mean()), "kl": float(kl.detach().mean())}
 
     def validate(self, model: Model, editor: MendEditor, layers, records, params: MendParams) -> list[dict]:
-        factors = editor.factors(gradient_factors(model, layers, *target_batch(model, [r.request for r in records])))
+        factors = self.edit_factors(model, editor, layers, [r.request for r in records])
         prompt = _pairs(model, [(r.request.text, r.request.target) for r in records])
         para = _pairs(model, [(_equivalent(r), r.request.target) for r in records])
         loc = _pairs(model, [_locality(r) for r in records])
@@ -230,26 +230,35 @@ class MEND(Method):
         return [{"reliability": _accuracy(r, prompt[2][i][1]), "generality": _accuracy(g, para[2][i][1]),
                  "locality": _accuracy(a, b)} for i, (r, g, a, b) in enumerate(zip(rel, gen, after, before))]
 
+    def edit_factors(self, model: Model, editor: MendEditor, layers: list[int], requests) -> dict[int, tuple]:
+        """Per layer the factors `(U [R, P, d_in], D [R, P, d_out], α)` of each request's update
+        ΔW_r = −α D_rᵀ U_r (what `edited` runs and `factored_deltas` writes)."""
+        return editor.factors(gradient_factors(model, layers, *target_batch(model, requests)))
+
     # ---- editing (tl.edit) -----------------------------------------------------------------------
     def apply(self, model: Model, requests: list[Request], layers: list[int], params: MendParams,
               ctx: Context) -> list[Change]:
         t = time.perf_counter()
-        (request,) = requests
         editor = ctx.editor
         if editor.layers != list(layers):
-            raise ValueError(f"the MEND editor was trained for layers {editor.layers}, not {layers}")
+            raise ValueError(f"the {self.title} editor was trained for layers {editor.layers}, not {layers}")
         with torch.no_grad():
-            factors = editor.factors(gradient_factors(model, layers, *target_batch(model, [request])))
-        changes = []
-        for l, (U, D, alpha) in factors.items():
-            live = ((U != 0).any(-1) & (D != 0).any(-1))[0]
-            out_side, in_side = -alpha * D[0, live].T, U[0, live].T                     # [d_out, t], [d_in, t]
-            w = model.mlp_out_weight(l)
-            pair = (out_side, in_side) if w.layout == "out_in" else (in_side, out_side)
-            changes.append(ParamDelta.build(model, w.name, factors=(pair[0].detach(), pair[1].detach()), layer=l))
-        ctx.info.update(seconds={"mend": time.perf_counter() - t}, tokens=int(live.sum()),
+            changes = factored_deltas(model, self.edit_factors(model, editor, layers, requests))
+        ctx.info.update(seconds={self.name: time.perf_counter() - t}, rank=max(c.factors[0].shape[1] for c in changes),
                         parameters_changed=sum(model.mlp_out_weight(l).matrix.numel() for l in layers))
         return changes
+
+
+def factored_deltas(model: Model, factors: dict[int, tuple]) -> list[ParamDelta]:
+    """One request's update ΔW_l = −α D̃ᵀ Ũ as factored `ParamDelta`s (the rows that carry a gradient)."""
+    changes = []
+    for l, (U, D, alpha) in factors.items():
+        live = ((U != 0).any(-1) & (D != 0).any(-1))[0]
+        out_side, in_side = -alpha * D[0, live].T, U[0, live].T                         # [d_out, t], [d_in, t]
+        w = model.mlp_out_weight(l)
+        pair = (out_side, in_side) if w.layout == "out_in" else (in_side, out_side)
+        changes.append(ParamDelta.build(model, w.name, factors=(pair[0].detach(), pair[1].detach()), layer=l))
+    return changes
 
 
 @torch.no_grad()
