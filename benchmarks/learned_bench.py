@@ -64,7 +64,7 @@ def main() -> None:
                            patience=args.patience, params=params)
     trained_s = time.perf_counter() - t
     print(f"trained in {trained_s:.0f}s ({meta['step']} steps); best {meta['best']}", flush=True)
-    run = {"method": args.method, "data": Path(args.data).name, "limit": args.limit,
+    run = {"method": args.method, "data": Path(args.data).name, "limit": args.limit, "host": out["host"],
            "params": params.to_dict(), "overrides": overrides, "steps": meta["step"],
            "training_seconds": meta["history"][-1]["seconds"] if meta["history"] else trained_s,
            "best": meta["best"], "history": meta["history"], "checkpoint": meta["path"]}

@@ -15,7 +15,9 @@ network of c gives row and column vectors and a gate, and the update is the pape
 Because a is rank one, ∇W L ⊙ a = diag(softmax ρ_a) ∇W L diag(κ_a), so ΔW is kept factored:
 Σ_t (ρ̂_a ⊙ δ_t)(κ_a ⊙ u_t)ᵀ + ρ̂_b κ_bᵀ (rank ≤ tokens + 1). Training is MEND's (the EasyEdit
 trainer both share): c_edit · NLL of the new answer after a paraphrase + c_loc · KL on a locality
-prompt. Differences from the paper, for this setting: the LSTM reads the base model's frozen
+prompt. s = 30 (the paper: 1): at the start (κ_a ≈ 1, σ(η) ≈ ½) the update is then the gradient
+step that lowers the edit NLL most of s ∈ {1, 30, 300, 3000} on ten zsRE training edits of the
+embedded model (8.0 nats → 7.9 / 5.3 / 7.2 / 20.0). Other differences from the paper, for this setting: the LSTM reads the base model's frozen
 embeddings instead of a trained copy (28 M parameters fewer), the condition is the prompt and new
 answer (not the old prediction as well), and the locality term is the KL penalty instead of the
 paper's constraint with a Lagrange multiplier.
@@ -38,7 +40,7 @@ from .mend import MEND, gradient_factors
 @dataclass
 class KEParams:
     lr: float = 3e-4             # the hyper-network (Adam)
-    max_scale: float = 1.0       # s
+    max_scale: float = 30.0      # s (see the module doc)
     lstm_dim: int = 256          # per direction
     condition_dim: int = 1024    # c
     hidden_dim: int = 128        # of each weight's conditioner
