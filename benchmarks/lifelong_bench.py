@@ -67,7 +67,13 @@ def main() -> None:
     p.add_argument("--checkpoints", default="1,10,100,500")
     p.add_argument("--merge", action="store_true", help="keep the runs of lifelong.json this run does not redo")
     p.add_argument("--out", default=str(RESULTS))
+    p.add_argument("--plot", action="store_true", help="only redraw the table and figure from --out")
     args = p.parse_args()
+    if args.plot:
+        out = json.loads(Path(args.out).read_text())
+        print_table(out)
+        figure(out, Path(args.out).with_suffix(".png"))
+        return
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
     os.environ.setdefault("TRACELAB_DATA", str(ROOT.parent / "shared" / "data"))
     import tracelab as tl
@@ -127,15 +133,19 @@ def figure(out: dict, path: Path) -> None:
     suites = sorted({r["suite"] for r in out["runs"].values()})
     panels = [(suite, metric) for suite in suites for metric in (*METRICS[suite], "perplexity")]
     fig = make_subplots(rows=len(suites), cols=4, subplot_titles=[f"{s}: {m.split('.')[-1]}" for s, m in panels])
-    palette = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#17becf", "#e377c2", "#7f7f7f",
-               "#bcbd22")
-    colours = dict(zip(sorted({r["method"] for r in out["runs"].values()}), palette))
+    from plotly.colors import qualitative
+
+    colours = dict(zip(sorted({r["method"] for r in out["runs"].values()}), qualitative.Dark24))
+    shown = set()
     for i, (suite, metric) in enumerate(panels):
         for r in (r for r in out["runs"].values() if r["suite"] == suite):
             Ts = sorted(int(t) for t in r["checkpoints"])
             fig.add_trace(go.Scatter(x=Ts, y=[r["checkpoints"][str(t)].get(metric) for t in Ts], name=r["method"],
-                                     line={"color": colours[r["method"]]}, showlegend=i == 0, mode="lines+markers"),
-                          row=i // 4 + 1, col=i % 4 + 1)
+                                     line={"color": colours[r["method"]]}, showlegend=r["method"] not in shown,
+                                     mode="lines+markers"), row=i // 4 + 1, col=i % 4 + 1)
+            shown.add(r["method"])
+        if metric == "perplexity":       # a collapsed model's perplexity is orders of magnitude off
+            fig.update_yaxes(type="log", row=i // 4 + 1, col=i % 4 + 1)
     fig.update_xaxes(type="log", title_text="edits in the stream (T)")
     fig.update_layout(width=1100, height=320 * len(suites), template="simple_white")
     export_figures({path.stem: fig}, path.parent, formats=("png",))
