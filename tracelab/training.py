@@ -1,4 +1,4 @@
-"""Training the learned editors: one loop for every method that learns to edit (MEND, ...).
+"""Training the learned editors: one loop for every method that learns to edit (MEND, KE, SERAC).
 
     >>> meta = tl.train_editor("mend", model, data="../shared/data/zsre-sample.json", limit=500, steps=1000)
     >>> tl.edit(model, subject=..., prompt=..., target=..., method="mend")     # finds the checkpoint

@@ -111,3 +111,11 @@ def test_a_saved_edit_refuses_another_editor_or_base_model(trained, tmp_path):
     with pytest.raises(ValueError, match="restore that checkpoint"):
         forged.apply(model)
     assert not model.query_rewriters
+
+
+def test_without_a_checkpoint_the_error_prints_the_training_command(tmp_path, monkeypatch):
+    monkeypatch.setenv("TRACELAB_CACHE", str(tmp_path))
+    model = tiny_model("llama")
+    with pytest.raises(ValueError, match=r"tracelab train-editor serac --data \S+ --limit 500   \(or"):
+        tl.edit(model, EIFFEL, method="serac", progress=False)
+    assert not model.query_rewriters and len(journal(model)) == 0

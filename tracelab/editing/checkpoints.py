@@ -60,8 +60,9 @@ def checkpoint_stem(model: Model, method: str, layers: list[int], data_sha: str,
 
 
 def train_command(method: str, layers: list[int]) -> str:
-    return (f"tracelab train-editor {method} --data ../shared/data/zsre-sample.json --limit 500 "
-            f"--layers {','.join(str(l) for l in layers)}   (or tl.train_editor({method!r}, model, ...))")
+    chosen = f" --layers {','.join(str(l) for l in layers)}" if layers else ""  # SERAC edits at no layer
+    return (f"tracelab train-editor {method} --data ../shared/data/zsre-sample.json --limit 500{chosen}"
+            f"   (or tl.train_editor({method!r}, model, ...))")
 
 
 def save_checkpoint(stem: Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> Path:
