@@ -85,7 +85,8 @@ def test_lora_factors_are_what_peft_merges(family, modules):
         trained = [p for n, p in peft_model.named_parameters() if "lora_" in n]
         opt = torch.optim.Adam(trained, lr=hp.lr)
         peft_model.train()
-        from tracelab.editing.methods.ft import edit_loss, target_batch
+        from tracelab.editing.methods.ft import edit_loss
+        from tracelab.editing.toolkit.answers import target_batch
         ids, mask, spans = target_batch(copy, [REQ])
         for _ in range(hp.steps):
             opt.zero_grad()

@@ -153,9 +153,8 @@ def test_knowledge_editor_update_is_the_papers_dense_formula():
     """The factored KE update Σ_t (ρ̂_a ⊙ δ_t)(κ_a ⊙ u_t)ᵀ + ρ̂_b κ_bᵀ, times s·σ(η), equals the paper's
     s · σ(η) · (∇W L ⊙ softmax(ρ_a)ᵀκ_a + softmax(ρ_b)ᵀκ_b) with ∇W L from autograd."""
     from tracelab.editing import KEParams
-    from tracelab.editing.methods.ft import target_batch
+    from tracelab.editing.toolkit.answers import row_nll, target_batch
     from tracelab.editing.methods.ke import KE
-    from tracelab.editing.methods.mend import row_nll
 
     model = tiny_model("llama")
     torch.manual_seed(0)
@@ -171,3 +170,11 @@ def test_knowledge_editor_update_is_the_papers_dense_formula():
     rho_a, kappa_a, rho_b, kappa_b, gate = editor.weights[1](editor.encode(model, [request]))
     paper = 3.0 * gate[0] * (grad * (rho_a[0][:, None] @ kappa_a[0][None]) + rho_b[0][:, None] @ kappa_b[0][None])
     torch.testing.assert_close(alpha * D[0].T @ U[0], paper.detach(), atol=1e-5, rtol=1e-4)
+
+
+def test_the_counterfact_training_split_trains_an_editor(cache):
+    """The issue's other command: `train-editor ... --data counterfact-train.json` (EasyEdit's flat
+    CounterFact: rephrase and locality prompts give the paraphrase and the locality pair)."""
+    meta = train_editor("mend", tiny_model("llama"), shared_data("counterfact-train.json"), params=PARAMS, **SMALL)
+    assert meta["status"] == "finished" and meta["data"]["file"] == "counterfact-train.json"
+    assert meta["data"]["records"] == 40 and 0 <= meta["history"][-1]["locality"] <= 1

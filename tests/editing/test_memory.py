@@ -175,7 +175,7 @@ def test_bad_input_is_refused_and_changes_nothing(method, tmp_path):
 
 
 def test_t_patcher_adds_a_neuron_per_wrong_target_token_remembers_earlier_edits_and_skips_answered_ones():
-    from tracelab.editing.methods.ft import target_batch
+    from tracelab.editing.toolkit.answers import target_batch
 
     model = tiny_model("llama")
     first = Request("The Eiffel Tower", "The city of {}", "Rome and Paris and Lyon")

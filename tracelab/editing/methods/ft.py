@@ -30,6 +30,7 @@ from ..changes import Change, ParamDelta
 from ..registry import Context, Method, register
 from ..requests import Request
 from ..toolkit.compute import replaying_below, training_mode, weights_require_grad
+from ..toolkit.answers import target_batch
 from ..toolkit.deltas import added, linear_weights
 
 MATRICES = ("mlp_out", "mlp")
@@ -83,19 +84,6 @@ def weights_to_tune(model: Model, layers: Sequence[int], matrices: str) -> list[
         return [(l, model.mlp_out_weight(l).name) for l in layers]
     linear = linear_weights(model)
     return [(l, n) for l in layers for n in linear if n.startswith(f"{model._layer_path(l, model.arch.mlp)}.")]
-
-
-def target_batch(model: Model, requests: Sequence[Request]):
-    """Right-padded prompt + target ids `[n, pos]`, the mask, and per request (prompt length, target ids)."""
-    pad = model.tokenizer.pad_token_id
-    rows = []
-    for r in requests:
-        prompt, target = model.tokenizer(r.text)["input_ids"], model.target_ids(r.text, r.target)
-        rows.append((prompt + target, len(prompt), target))
-    width = max(len(ids) for ids, _, _ in rows)
-    ids = torch.tensor([ids + [pad] * (width - len(ids)) for ids, _, _ in rows], device=model.device)
-    mask = torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids, _, _ in rows], device=model.device)
-    return ids, mask, [(n, t) for _, n, t in rows]
 
 
 def edit_loss(model: Model, ids, mask, spans, objective: str) -> torch.Tensor:

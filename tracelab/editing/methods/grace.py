@@ -42,7 +42,8 @@ from ..patches import PatchModule, attach, bypassed, register_patch
 from ..registry import Context, Method, register
 from ..requests import Request
 from ..toolkit.compute import replaying_below, training_mode, weights_require_grad
-from .ft import edit_loss, target_batch
+from ..toolkit.answers import target_batch
+from .ft import edit_loss
 
 DEPTH = 27 / 31  # EasyEdit's GRACE layer for LLaMA-2-7B: model.layers[27] of 0..31
 

@@ -33,7 +33,7 @@ from torch.nn.utils.parametrizations import weight_norm
 
 from ...models import Model
 from ..registry import register
-from .ft import target_batch
+from ..toolkit.answers import target_batch
 from .mend import MEND, gradient_factors
 
 

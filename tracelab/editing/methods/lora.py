@@ -27,7 +27,8 @@ from ..registry import Context, Method, register
 from ..requests import Request
 from ..toolkit.compute import training_mode
 from ..toolkit.deltas import linear_weights
-from .ft import edit_loss, target_batch
+from ..toolkit.answers import target_batch
+from .ft import edit_loss
 
 
 @dataclass

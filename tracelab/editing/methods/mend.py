@@ -27,7 +27,6 @@ from __future__ import annotations
 import contextlib
 import time
 from dataclasses import asdict, dataclass
-from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
@@ -37,7 +36,8 @@ from ...models import Model
 from ..changes import Change, ParamDelta
 from ..registry import Context, Method, register
 from ..requests import Request
-from .ft import target_batch
+from ..toolkit.answers import (answer_batch, greedy_answers, locality_pair, paraphrase, row_nll, target_batch,
+                               token_accuracy)
 
 
 @dataclass
@@ -118,15 +118,6 @@ def _module(model: Model, layer: int) -> nn.Module:
     return model.module(model.mlp_out_weight(layer).name.rpartition(".")[0])
 
 
-def row_nll(logits: torch.Tensor, spans) -> torch.Tensor:
-    """Per row, the mean NLL of its target tokens `[R]` (teacher forced)."""
-    out = []
-    for r, (n, target) in enumerate(spans):
-        rows = logits[r, n - 1:n - 1 + len(target)].float().log_softmax(-1)
-        out.append(-rows[torch.arange(len(target)), torch.tensor(target, device=rows.device)].mean())
-    return torch.stack(out)
-
-
 def gradient_factors(model: Model, layers: list[int], ids, mask, spans) -> dict[int, tuple]:
     """Per layer, u (its input) and δ (the gradient of Σ_rows edit NLL at its output), `[R, P, d]`."""
     seen = {}
@@ -165,21 +156,6 @@ def edited(model: Model, factors: dict[int, tuple]):
             h.remove()
 
 
-def _pairs(model: Model, pairs: list[tuple[str, str]]):
-    return target_batch(model, [SimpleNamespace(text=t, target=a) for t, a in pairs])
-
-
-def _equivalent(record) -> str:
-    return record.paraphrases[0] if record.paraphrases else record.request.text
-
-
-def _locality(record) -> tuple[str, str]:
-    if not record.neighbours:
-        raise ValueError(f"record {record.request.text!r} has no locality prompt (neighbours): MEND trains and "
-                         "validates with one per edit")
-    return record.neighbours[0]
-
-
 @register
 class MEND(Method):
     """MEND: a trained editor turns one edit's gradient into `ParamDelta`s (rank ≤ tokens)."""
@@ -206,8 +182,8 @@ class MEND(Method):
         if not records:
             return sum(p.sum() * 0 for p in editor.parameters()), {}
         factors = self.edit_factors(model, editor, layers, [r.request for r in records])
-        ids, mask, spans = _pairs(model, [(_equivalent(r), r.request.target) for r in records])
-        loc_ids, loc_mask, _ = _pairs(model, [_locality(r) for r in records])
+        ids, mask, spans = answer_batch(model, [(paraphrase(r), r.request.target) for r in records])
+        loc_ids, loc_mask, _ = answer_batch(model, [locality_pair(r) for r in records])
         with torch.no_grad(), model.native():
             base = model.hf(input_ids=loc_ids, attention_mask=loc_mask).logits.float().log_softmax(-1)
         with edited(model, factors), model.native():
@@ -220,15 +196,15 @@ class MEND(Method):
 
     def validate(self, model: Model, editor: MendEditor, layers, records, params: MendParams) -> list[dict]:
         factors = self.edit_factors(model, editor, layers, [r.request for r in records])
-        prompt = _pairs(model, [(r.request.text, r.request.target) for r in records])
-        para = _pairs(model, [(_equivalent(r), r.request.target) for r in records])
-        loc = _pairs(model, [_locality(r) for r in records])
+        prompt = answer_batch(model, [(r.request.text, r.request.target) for r in records])
+        para = answer_batch(model, [(paraphrase(r), r.request.target) for r in records])
+        loc = answer_batch(model, [locality_pair(r) for r in records])
         with model.native():
-            before = _greedy(model, *loc)
+            before = greedy_answers(model, *loc)
             with edited(model, factors):
-                rel, gen, after = _greedy(model, *prompt), _greedy(model, *para), _greedy(model, *loc)
-        return [{"reliability": _accuracy(r, prompt[2][i][1]), "generality": _accuracy(g, para[2][i][1]),
-                 "locality": _accuracy(a, b)} for i, (r, g, a, b) in enumerate(zip(rel, gen, after, before))]
+                rel, gen, after = greedy_answers(model, *prompt), greedy_answers(model, *para), greedy_answers(model, *loc)
+        return [{"reliability": token_accuracy(r, prompt[2][i][1]), "generality": token_accuracy(g, para[2][i][1]),
+                 "locality": token_accuracy(a, b)} for i, (r, g, a, b) in enumerate(zip(rel, gen, after, before))]
 
     def edit_factors(self, model: Model, editor: MendEditor, layers: list[int], requests) -> dict[int, tuple]:
         """Per layer the factors `(U [R, P, d_in], D [R, P, d_out], α)` of each request's update
@@ -274,12 +250,3 @@ def _normalisation(model: Model, editor: MendEditor, records, batch: int = 10) -
     for key, net in editor.nets.items():
         z = torch.cat(rows[key])
         net.mean.copy_(z.mean(0)), net.std.copy_(z.std(0))
-
-
-def _greedy(model: Model, ids, mask, spans) -> list[list[int]]:
-    logits = model.hf(input_ids=ids, attention_mask=mask).logits
-    return [logits[r, n - 1:n - 1 + len(t)].argmax(-1).tolist() for r, (n, t) in enumerate(spans)]
-
-
-def _accuracy(got: list[int], want: list[int]) -> float:
-    return sum(int(a == b) for a, b in zip(got, want)) / max(1, len(want))

@@ -49,7 +49,7 @@ from ..changes import Change, register_change
 from ..checkpoints import model_weights_hash, read_checkpoint
 from ..registry import Context, Method, register
 from ..requests import Request
-from .mend import _accuracy, _equivalent, _greedy, _locality, _pairs, row_nll
+from ..toolkit.answers import answer_batch, greedy_answers, locality_pair, paraphrase, row_nll, token_accuracy
 
 MARKER = "<edit>\n"
 
@@ -321,8 +321,8 @@ class SERAC(Method):
         if not records:
             return sum(p.sum() * 0 for p in editor.parameters()), {}
         rows = [(counterfactual_text(_fact(r.request), x), r.request.target)
-                for r in records for x in (r.request.text, _equivalent(r))]
-        ids, mask, spans = _pairs(model, rows)
+                for r in records for x in (r.request.text, paraphrase(r))]
+        ids, mask, spans = answer_batch(model, rows)
         with counterfactual(model, editor), model.native():
             nll = row_nll(model.hf(input_ids=ids, attention_mask=mask).logits, spans)
         return nll.sum() / 2, {"nll": float(nll.detach().mean())}
@@ -330,18 +330,18 @@ class SERAC(Method):
     def validate(self, model: Model, editor: SeracEditor, layers, records, params: SeracParams) -> list[dict]:
         """Each record edited alone: its prompt, paraphrase and locality prompt routed and answered."""
         out = []
-        prompts = [[r.request.text, _equivalent(r), _locality(r)[0]] for r in records]
+        prompts = [[r.request.text, paraphrase(r), locality_pair(r)[0]] for r in records]
         states = pooled_states(model, editor.embed_layer, [x for p in prompts for x in p]).reshape(len(records), 3, -1)
         for r, asked, z in zip(records, prompts, states):
             routed = route(editor, z[:1], [_fact(r.request)], asked, z)
-            answers = [r.request.target, r.request.target, _locality(r)[1]]
-            batch = _pairs(model, list(zip(routed, answers)))
+            answers = [r.request.target, r.request.target, locality_pair(r)[1]]
+            batch = answer_batch(model, list(zip(routed, answers)))
             with counterfactual(model, editor), model.native():
-                got = _greedy(model, *batch)
-                base = _greedy(model, *_pairs(model, [(asked[2], answers[2])]))[0]
+                got = greedy_answers(model, *batch)
+                base = greedy_answers(model, *answer_batch(model, [(asked[2], answers[2])]))[0]
             want = [t for _, t in batch[2]]
-            out.append({"reliability": _accuracy(got[0], want[0]), "generality": _accuracy(got[1], want[1]),
-                        "locality": _accuracy(got[2], base)})
+            out.append({"reliability": token_accuracy(got[0], want[0]), "generality": token_accuracy(got[1], want[1]),
+                        "locality": token_accuracy(got[2], base)})
         return out
 
     # ---- editing (tl.edit) -----------------------------------------------------------------------
@@ -357,7 +357,7 @@ class SERAC(Method):
 def fit_scope(model: Model, editor: SeracEditor, records, params: SeracParams) -> dict[str, float]:
     """Fit P, s, b on the frozen states of the records' prompts (full batch); μ and σ_z from them.
     Returns the training accuracy on positives and negatives."""
-    texts = [x for r in records for x in (r.request.text, _equivalent(r), _locality(r)[0])]
+    texts = [x for r in records for x in (r.request.text, paraphrase(r), locality_pair(r)[0])]
     z = pooled_states(model, editor.embed_layer, texts).reshape(len(records), 3, -1)
     editor.mean.copy_(z.reshape(-1, z.shape[-1]).mean(0))
     editor.std.copy_(z.reshape(-1, z.shape[-1]).std(0))

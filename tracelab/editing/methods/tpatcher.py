@@ -42,7 +42,8 @@ from ..patches import PatchModule, attach, register_patch
 from ..registry import Context, Method, register
 from ..requests import Request
 from ..toolkit.compute import replaying_below, training_mode, weights_require_grad
-from .ft import edit_loss, target_batch
+from ..toolkit.answers import greedy_answers, target_batch
+from .ft import edit_loss
 
 
 @dataclass
@@ -259,6 +260,6 @@ def train_patch(model: Model, patch: PatchNeurons, layer: int, queries, memory, 
 @torch.no_grad()
 def _greedy_is_target(model: Model, ids, mask, n: int, target: list[int]) -> list[bool]:
     """Per target token: is it the greedy next token (teacher forced; float32, as evaluation runs)?"""
-    with model.native(), torch.autocast(model.device.type, enabled=False):
-        logits = model.hf(input_ids=ids, attention_mask=mask).logits[0, n - 1:n - 1 + len(target)]
-    return [int(t) == g for t, g in zip(target, logits.argmax(-1).tolist())]
+    with torch.autocast(model.device.type, enabled=False):
+        (got,) = greedy_answers(model, ids, mask, [(n, target)])
+    return [int(t) == g for t, g in zip(target, got)]
