@@ -82,8 +82,9 @@ def read_checkpoint(stem: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
 def find_editor(model: Model, method: str, layers: list[int], path: str | Path | None = None
                 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """The newest finished checkpoint of `method` for this base model and `layers` (or the one at
-    `path`, checked the same way): `(tensors, provenance with "path")`. ValueError naming the training command when there is none, or
-    when the one given was trained on another base model or layer set."""
+    `path`, checked the same way): `(tensors, provenance with "path")`. ValueError naming the
+    training command when there is none, or when the one given was trained on another base model
+    or layer set."""
     weights = model_weights_hash(model)
     if path is not None:
         stem = Path(path).with_suffix("") if str(path).endswith(".json") else Path(path)

@@ -56,6 +56,20 @@ class Context:
     editor: Any = None
 
 
+def require_positive(params: Any, *, numbers: Sequence[str] = (), counts: Sequence[str] = ()) -> None:
+    """ValueError unless each field named in `numbers` is > 0 and each in `counts` a positive int
+    (what a `Params.__post_init__` checks).
+
+        >>> require_positive(MendParams(), numbers=("lr", "edit_lr"), counts=("rank",))
+    """
+    for name in numbers:
+        if not getattr(params, name) > 0:
+            raise ValueError(f"{name} must be > 0, got {getattr(params, name)!r}")
+    for name in counts:
+        if not isinstance(getattr(params, name), int) or getattr(params, name) < 1:
+            raise ValueError(f"{name} must be a positive int, got {getattr(params, name)!r}")
+
+
 class Method:
     """One editing method. Class attributes declare it; `apply` does it.
 

@@ -23,5 +23,6 @@ from .wise import WiseParams
 
 DEFAULT = "rome"
 
-__all__ = ["AlphaEditParams", "DEFAULT", "FTLParams", "FTMParams", "FTParams", "GraceParams", "IKEParams", "KEParams", "KNParams",
-           "LoRAParams", "MemitParams", "MendParams", "RomeParams", "SeracParams", "TPatcherParams", "WiseParams"]
+__all__ = ["AlphaEditParams", "DEFAULT", "FTLParams", "FTMParams", "FTParams", "GraceParams", "IKEParams", "KEParams",
+           "KNParams", "LoRAParams", "MemitParams", "MendParams", "RomeParams", "SeracParams", "TPatcherParams",
+           "WiseParams"]

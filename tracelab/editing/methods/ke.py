@@ -17,10 +17,11 @@ Because a is rank one, ∇W L ⊙ a = diag(softmax ρ_a) ∇W L diag(κ_a), so �
 trainer both share): c_edit · NLL of the new answer after a paraphrase + c_loc · KL on a locality
 prompt. s = 30 (the paper: 1): at the start (κ_a ≈ 1, σ(η) ≈ ½) the update is then the gradient
 step that lowers the edit NLL most of s ∈ {1, 30, 300, 3000} on ten zsRE training edits of the
-embedded model (8.0 nats → 7.9 / 5.3 / 7.2 / 20.0). Other differences from the paper, for this setting: the LSTM reads the base model's frozen
-embeddings instead of a trained copy (28 M parameters fewer), the condition is the prompt and new
-answer (not the old prediction as well), and the locality term is the KL penalty instead of the
-paper's constraint with a Lagrange multiplier.
+embedded model (8.0 nats → 7.9 / 5.3 / 7.2 / 20.0). Other differences from the paper, for this
+setting: the LSTM reads the base model's frozen embeddings instead of a trained copy (28 M
+parameters fewer), the condition is the prompt and new answer (not the old prediction as well),
+and the locality term is the KL penalty instead of the paper's constraint with a Lagrange
+multiplier.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from torch import nn
 from torch.nn.utils.parametrizations import weight_norm
 
 from ...models import Model
-from ..registry import register
+from ..registry import register, require_positive
 from ..toolkit.answers import target_batch
 from .mend import MEND, gradient_factors
 
@@ -49,12 +50,7 @@ class KEParams:
     checkpoint: str | None = None  # a checkpoint path; None: the newest for this model and layers
 
     def __post_init__(self) -> None:
-        for name in ("lr", "max_scale"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
-        for name in ("lstm_dim", "condition_dim", "hidden_dim"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ValueError(f"{name} must be a positive int, got {getattr(self, name)!r}")
+        require_positive(self, numbers=("lr", "max_scale"), counts=("lstm_dim", "condition_dim", "hidden_dim"))
 
     def to_dict(self) -> dict:
         return {k: v for k, v in asdict(self).items() if k != "checkpoint"}

@@ -34,7 +34,7 @@ from torch import nn
 
 from ...models import Model
 from ..changes import Change, ParamDelta
-from ..registry import Context, Method, register
+from ..registry import Context, Method, register, require_positive
 from ..requests import Request
 from ..toolkit.answers import (answer_batch, greedy_answers, locality_pair, paraphrase, row_nll, target_batch,
                                token_accuracy)
@@ -52,12 +52,7 @@ class MendParams:
     checkpoint: str | None = None  # a checkpoint path; None: the newest for this model and layers
 
     def __post_init__(self) -> None:
-        for name in ("lr", "edit_lr", "lr_lr"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
-        for name in ("rank", "norm_edits"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ValueError(f"{name} must be a positive int, got {getattr(self, name)!r}")
+        require_positive(self, numbers=("lr", "edit_lr", "lr_lr"), counts=("rank", "norm_edits"))
 
     def to_dict(self) -> dict:
         return {k: v for k, v in asdict(self).items() if k != "checkpoint"}
@@ -202,7 +197,7 @@ class MEND(Method):
         with model.native():
             before = greedy_answers(model, *loc)
             with edited(model, factors):
-                rel, gen, after = greedy_answers(model, *prompt), greedy_answers(model, *para), greedy_answers(model, *loc)
+                rel, gen, after = (greedy_answers(model, *batch) for batch in (prompt, para, loc))
         return [{"reliability": token_accuracy(r, prompt[2][i][1]), "generality": token_accuracy(g, para[2][i][1]),
                  "locality": token_accuracy(a, b)} for i, (r, g, a, b) in enumerate(zip(rel, gen, after, before))]
 

@@ -47,7 +47,7 @@ from ...io import tensor_hash
 from ...models import Model
 from ..changes import Change, register_change
 from ..checkpoints import model_weights_hash, read_checkpoint
-from ..registry import Context, Method, register
+from ..registry import Context, Method, register, require_positive
 from ..requests import Request
 from ..toolkit.answers import answer_batch, greedy_answers, locality_pair, paraphrase, row_nll, token_accuracy
 
@@ -66,12 +66,7 @@ class SeracParams:
     checkpoint: str | None = None  # a checkpoint path; None: the newest for this model
 
     def __post_init__(self) -> None:
-        for name in ("lr", "scope_lr"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
-        for name in ("rank", "scope_steps", "scope_dim"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ValueError(f"{name} must be a positive int, got {getattr(self, name)!r}")
+        require_positive(self, numbers=("lr", "scope_lr"), counts=("rank", "scope_steps", "scope_dim"))
         if not 0 < self.threshold < 1:
             raise ValueError(f"threshold must be a probability in (0, 1), got {self.threshold!r}")
 
@@ -378,4 +373,5 @@ def fit_scope(model: Model, editor: SeracEditor, records, params: SeracParams) -
             opt.step()
     with torch.no_grad():
         said = torch.sigmoid(editor.scope_logits(keys, queries)) >= editor.threshold
-    return {"positives": float(said[label.bool()].float().mean()), "negatives": float((~said)[~label.bool()].float().mean())}
+    return {"positives": float(said[label.bool()].float().mean()),
+            "negatives": float((~said)[~label.bool()].float().mean())}

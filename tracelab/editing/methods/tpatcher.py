@@ -39,7 +39,7 @@ from ...data import shared_data
 from ...models import Model
 from ..changes import Change, HookPatch
 from ..patches import PatchModule, attach, register_patch
-from ..registry import Context, Method, register
+from ..registry import Context, Method, register, require_positive
 from ..requests import Request
 from ..toolkit.compute import replaying_below, training_mode, weights_require_grad
 from ..toolkit.answers import greedy_answers, target_batch
@@ -68,9 +68,7 @@ class TPatcherParams:
     bf16: bool = True  # the model's matmuls in bf16 autocast (the patch's own math stays float32)
 
     def __post_init__(self) -> None:
-        for name in ("max_neurons", "steps", "top_k"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ValueError(f"{name} must be a positive int, got {getattr(self, name)!r}")
+        require_positive(self, counts=("max_neurons", "steps", "top_k"))
         if not self.lr > 0 or not self.amplify > 0:
             raise ValueError(f"lr and amplify must be > 0, got lr={self.lr!r}, amplify={self.amplify!r}")
         if self.margin_2 > 0 or self.margin_1 < 0:
