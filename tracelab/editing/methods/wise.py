@@ -18,16 +18,21 @@ its record's locality prompt, the one it is then scored on). Δ takes the larges
 row's real tokens (the attention mask, so padding never routes) where EasyEdit takes the mean
 below 100 tokens: on this 1536-wide MLP the mean separated edits from unrelated prompts too little
 (8 training-split zsRE edits: reliability 67 %, 16 % of unrelated prompts routed, against 100 %
-and 0.3 % with the max). Every `merge_freq / save_freq` complete shards are
-merged by TIES (trim to the `density` largest changes, elect each entry's sign by the sum, average
+and 0.3 % with the max). In training, Δ(x_e) is taken over each edit row's prompt positions only
+and an edit's threshold is `act_ratio` × the smallest Δ(x_e) of its rows, where EasyEdit takes the
+mean over the rows, answer included: the router is asked on the prompt alone, and with the mean
+the plain prompt scored below its own edit's threshold (zsRE record 500: 63 against 83), so a
+single edit was not routed at all. Every `merge_freq / save_freq` complete shards are merged by TIES (trim to the `density` largest changes, elect each entry's sign by the sum, average
 the agreeing ones) into one memory whose threshold is the lowest of theirs (WISE-Retrieve).
 
 Defaults: EasyEdit's LLaMA-2-7B ones (mask 0.2, 70 SGD steps at lr 1.0, |ΔW| ≤ 1, act ratio 0.88,
 save every 500 edits, merge every 1000, density 0.53, layer 27 of 32), scaled to the model where
 they are sizes: the margins α, β, γ (5, 20, 10) are distances between d_model-wide activations
 and are scaled by √(d_model / 4096). Shards keep EasyEdit's 500 edits: scaling them to this
-model's 51× smaller memory (shards of 10, merged in pairs) was measured worse (benchmarks/README). Training runs under bf16 autocast (the scores in float32). Each edit is one Change holding its own ΔW entries; memories and thresholds
-are derived from the edits present, so an edit undoes alone from the middle of a stream.
+model's 51× smaller memory (shards of 10, merged in pairs) was measured worse (benchmarks/README).
+Training runs under bf16 autocast (the scores in float32). Each edit is one Change holding its own
+ΔW entries; memories and thresholds are derived from the edits present, so an edit undoes alone
+from the middle of a stream.
 """
 
 from __future__ import annotations
@@ -267,10 +272,14 @@ def edit_batch(model: Model, request: Request, irrelevant: list[str]):
 def train_edit(model: Model, entry: WiseEdit, before: torch.Tensor, layer: int, request: Request,
                irrelevant: list[str], params: WiseParams) -> dict:
     """SGD on the edit's entries of ΔW (the shard's earlier edits fixed beneath it), the side memory
-    on for every row; |ΔW| ≤ norm_constraint. Sets `entry.values` and `entry.act` (mean Δ(x_e))."""
+    on for every row; |ΔW| ≤ norm_constraint. Sets `entry.values` and `entry.act` (the smallest Δ(x_e)
+    of the edit's rows, over their prompt positions)."""
     alpha, beta, gamma = (m * (model.d_model / 4096) ** 0.5 for m in params.margins)
     act = activation(entry.settings["activation"])
     ids, mask, spans = edit_batch(model, request, irrelevant)
+    scored = mask.clone()                        # Δ(x_e) over the prompt's positions: what the router sees when asked
+    for row, (prompt_length, _) in enumerate(spans):
+        scored[row, prompt_length:] = 0
     index = entry.index()
     values = nn.Parameter(torch.zeros(len(index), device=model.device))
     opt = torch.optim.SGD([values], lr=params.lr, weight_decay=params.weight_decay)
@@ -279,7 +288,7 @@ def train_edit(model: Model, entry: WiseEdit, before: torch.Tensor, layer: int, 
     class SideMemory(PatchModule):  # training: the side memory on every row, its scores noted
         def forward(self, k, v):
             delta = before.flatten().index_add(0, index, values).view_as(before)
-            side, seen["score"] = activation_score(k, v, delta, act, mask)
+            side, seen["score"] = activation_score(k, v, delta, act, scored)
             return side.to(v.dtype)
 
     losses = []
@@ -307,6 +316,6 @@ def train_edit(model: Model, entry: WiseEdit, before: torch.Tensor, layer: int, 
             handle.remove()
     in_scope, out_scope = in_scope.detach(), out_scope.detach()
     entry.values.data.copy_(values.detach())
-    entry.act.fill_(float(in_scope.mean()))
+    entry.act.fill_(float(in_scope.min()))
     return {"loss": losses, "steps": len(losses), "in_scope": float(in_scope.mean()), "out_scope": float(out_scope.max()),
             "edit_loss": float(edit.detach()), "margins": [alpha, beta, gamma]}
