@@ -20,6 +20,7 @@ largest eigenvalue) gives the paper's rule.
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -72,13 +73,27 @@ def null_space_projector(C: torch.Tensor, null_energy: float | None = None,
     return U @ U.T, int(small.sum())
 
 
+_PROJECTORS: dict[int, tuple] = {}  # id(C) → (weak reference to C, rule and version, (P, rank))
+
+
+def cached_projector(C: torch.Tensor, null_energy: float | None, threshold: float | None) -> tuple[torch.Tensor, int]:
+    """`null_space_projector` of C, computed once per statistics tensor, rule and version (an
+    eigendecomposition of a d_mlp × d_mlp matrix per layer cost ~1 s per edit of a sequential stream)."""
+    key = (null_energy, threshold, C._version)
+    held = _PROJECTORS.get(id(C))
+    if held is None or held[0]() is not C or held[1] != key:
+        _PROJECTORS[id(C)] = (weakref.ref(C, lambda _, i=id(C): _PROJECTORS.pop(i, None)), key,
+                              null_space_projector(C, null_energy, threshold))
+    return _PROJECTORS[id(C)][2]
+
+
 def alphaedit_solver(stats: dict[int, KeyStats], past_keys: dict[int, torch.Tensor], null_energy: float | None,
                      threshold: float | None, alpha: float, ranks: dict[int, int]) -> Solver:
     projectors: dict[int, torch.Tensor] = {}
 
     def solver(layer: int, K: torch.Tensor, R: torch.Tensor) -> torch.Tensor:
         if layer not in projectors:
-            projectors[layer], ranks[layer] = null_space_projector(stats[layer].moment, null_energy, threshold)
+            projectors[layer], ranks[layer] = cached_projector(stats[layer].moment, null_energy, threshold)
             if ranks[layer] == 0:
                 rule = f"threshold {threshold}" if threshold is not None else f"null_energy {null_energy}"
                 raise ValueError(f"the null space of C at layer {layer} is empty at {rule}: raise it "
