@@ -10,8 +10,9 @@ order (zsRE: records 500.. of zsre-sample.json, EasyEdit's reliability / general
 CounterFact: the known records of edit_bench, ROME's efficacy / paraphrase / neighbourhood), all
 cases edited so far scored at each checkpoint; the perplexity of a held-out text (WordNet glosses
 from the end of the corpus, which key statistics never read) before the stream and at each
-checkpoint; seconds per edit (median); numbers added or changed per edit (median). Writes
-benchmarks/results/lifelong.json and lifelong.png; run alone.
+checkpoint (the collapse guard's text, `editing.guard.held_out_texts`); seconds per edit (median);
+numbers added or changed per edit (median); edits refused (`mend+guard`: under the collapse guard).
+Writes benchmarks/results/lifelong.json and lifelong.png; run alone.
 """
 
 from __future__ import annotations
@@ -34,20 +35,13 @@ ZSRE = ROOT.parent / "shared" / "data" / "zsre-sample.json"
 # learned editors (mend, ke, serac) use the newest checkpoint in the cache (learned_bench trains it).
 EDIT_KWARGS = {"rome": {"layer": 4}, "memit": {"layers": [2, 3, 4, 5, 6]}, "alphaedit": {"layers": [2, 3, 4, 5, 6]},
                "ft-l": {"layer": 4}, "grace": {}, "t-patcher": {}, "wise": {}, "mend": {}, "ke": {}, "serac": {}}
-# Runs of a method at other settings: name → (method, params as keyword arguments of its Params).
-VARIANTS = {"wise-10": ("wise", {"save_freq": 10, "merge_freq": 20})}  # shards scaled to this model's memory
+# Runs of a method at other settings: name → (method, params as keyword arguments of its Params, more edit kwargs).
+VARIANTS = {"wise-10": ("wise", {"save_freq": 10, "merge_freq": 20}, {}),  # shards scaled to this model's memory
+            "mend+guard": ("mend", {}, {"guard": True}), "ke+guard": ("ke", {}, {"guard": True})}  # the collapse guard
 METRICS = {"zsre": ("easyedit.reliability", "easyedit.generality", "easyedit.locality"),
            "counterfact": ("rome.efficacy_score", "rome.paraphrase_score", "rome.neighborhood_score")}
 PUBLISHED = ("WISE (Wang et al. 2024, Table 2), LLaMA-2-7B, ZsRE, T = 1000, rel. / gen. / loc.: GRACE 0.93 / 0.08 / "
              "1.00, WISE 0.77 / 0.72 / 1.00 (as the issue quotes them; the paper's text was not available offline)")
-
-
-def held_out_texts(n: int = 16) -> list[str]:
-    """The last `n` paragraphs of the default statistics corpus (its first ones feed key statistics)."""
-    from tracelab.editing import corpus
-
-    texts = list(corpus("wordnet").texts())
-    return texts[-n:]
 
 
 def records(model, suite: str, T: int):
@@ -77,6 +71,7 @@ def main() -> None:
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
     os.environ.setdefault("TRACELAB_DATA", str(ROOT.parent / "shared" / "data"))
     import tracelab as tl
+    from tracelab.editing.guard import held_out_texts
     from tracelab.models.text import perplexity
 
     model = tl.load_model()
@@ -90,8 +85,8 @@ def main() -> None:
         cases = records(model, suite, args.T)
         for method in args.methods.split(","):
             t = time.perf_counter()
-            registered, settings = VARIANTS.get(method, (method, {}))
-            kwargs = dict(EDIT_KWARGS.get(registered, {}))
+            registered, settings, extra = VARIANTS.get(method, (method, {}, {}))
+            kwargs = dict(EDIT_KWARGS.get(registered, {}), **extra)
             if settings:
                 kwargs["params"] = tl.editing.registry.get(registered).Params(**settings)
             res = tl.evaluate(model, cases, registered, mode="sequential", checkpoints=checkpoints, at_checkpoint=health,
@@ -101,7 +96,8 @@ def main() -> None:
                 "checkpoints": res.meta["checkpoints"], "before": res.meta["before"],
                 "median_edit_s": statistics.median(res.meta["edit_seconds"]),
                 "median_parameters": statistics.median(res.meta["edit_parameters"]),
-                "edit_kwargs": EDIT_KWARGS.get(registered, {}), "params": settings, "seconds": time.perf_counter() - t}
+                "edit_kwargs": {k: v for k, v in kwargs.items() if k != "params"}, "params": settings,
+                "refused": len(res.meta["refused"]), "seconds": time.perf_counter() - t}
             last = res.meta["checkpoints"][str(len(cases))]
             print(f"{method}/{suite} T={len(cases)}: " + " ".join(f"{k.split('.')[-1]} {last.get(k, float('nan')):.1f}"
                   for k in METRICS[suite]) + f" ppl {last['perplexity']:.2f} (before {res.meta['before']['perplexity']:.2f})"

@@ -20,8 +20,8 @@ __version__ = "0.1.0"
 _LAZY = {
     "trace": "tracing", "trace_dataset": "tracing", "attribute": "tracing", "TraceResult": "tracing",
     "GaussianNoise": "tracing", "TokenReplace": "tracing", "knowledge_neurons": "tracing",
-    "edit": "editing", "Edit": "editing", "Journal": "editing", "journal": "editing",
-    "evaluate": "evaluation", "train_editor": "training",
+    "edit": "editing", "Edit": "editing", "Journal": "editing", "journal": "editing", "Guard": "editing",
+    "evaluate": "evaluation", "compare": "evaluation", "train_editor": "training",
     "SteeringVector": "steering", "actadd": "steering", "caa": "steering", "repe": "steering",
     "steer": "steering",
 }

@@ -20,6 +20,9 @@ def register(subparsers) -> None:
     p.add_argument("--check", action="append", default=[], help="another prompt to show before/after (repeatable)")
     p.add_argument("--save", default=None, help="write the journal (deltas + JSON) to this directory")
     p.add_argument("--save-model", default=None, help="save the edited model (save_pretrained) to this directory")
+    p.add_argument("--guard", action="store_true",
+                   help="refuse the edit if held-out perplexity passes 2x the unedited model's or a weight changes by "
+                        "more than its norm (the collapse guard)")
     add_model_options(p)
     p.set_defaults(func=run)
 
@@ -49,9 +52,13 @@ def run(args) -> int:
     layer = parse_layer(args.layer)
     e = edit(model, subject=args.subject, prompt=args.prompt, target=args.target, method=args.method,
              **({"layers": layer} if isinstance(layer, list) else {"layer": layer}),
-             corpus=args.corpus, stats_tokens=args.stats_tokens)
+             corpus=args.corpus, stats_tokens=args.stats_tokens, guard=args.guard)
     print(f"{args.method} edit at layer(s) {e.layers}: norms {e.info.get('norms')}, "
           f"time {e.info.get('total_seconds', 0):.1f}s {e.info.get('seconds', {})}")
+    if "health" in e.info:
+        h = e.info["health"]
+        print(f"  health: held-out perplexity {h['base_perplexity']:.2f} → {h['perplexity']:.2f}, largest weight "
+              f"change {max(h['weight_change'].values(), default=0):.3g} of its norm")
     for p in prompts:
         after = model.predict(p, 1)[0]
         print(f"  {p!r}: {before[p][0]!r} ({before[p][1]:.2f}) → {after[0]!r} ({after[1]:.2f})")

@@ -25,6 +25,7 @@ def register(subparsers) -> None:
     p.add_argument("--layer", default="auto", help="layer, 'A-B' range, or 'auto'")
     p.add_argument("--stats-tokens", type=int, default=100_000)
     p.add_argument("--generation", action="store_true", help="also generate text for the n-gram entropy (slower)")
+    p.add_argument("--guard", action="store_true", help="refuse (and score unedited) edits that collapse the model")
     p.add_argument("--out", default=None, help="write the per-record results and summary as JSON here")
     add_model_options(p)
     p.set_defaults(func=run)
@@ -36,7 +37,7 @@ def run(args) -> int:
     model = load(args)
     method = None if args.method == "none" else args.method
     layer = parse_layer(args.layer)
-    kwargs = {} if method is None else {"stats_tokens": args.stats_tokens,
+    kwargs = {} if method is None else {"stats_tokens": args.stats_tokens, "guard": args.guard,
                                         ("layers" if isinstance(layer, list) else "layer"): layer}
     checkpoints = tuple(int(c) for c in args.checkpoints.split(","))
     res = evaluate(model, args.records, method, suite=args.suite, mode=args.mode, checkpoints=checkpoints,

@@ -19,6 +19,7 @@ from typing import Any, Iterable, Mapping, Sequence
 from ..models import Model
 from ..models.loading import as_model
 from .checkpoints import find_editor
+from .guard import Guard, as_guard
 from .journal import Edit, journal
 from .transaction import transaction
 from .methods import DEFAULT
@@ -86,7 +87,7 @@ def edit(
     subject: str | None = None, prompt: str | None = None, target: str | None = None,
     method: str = DEFAULT, layer: int | Sequence[int] | str = "auto", layers: Sequence[int] | None = None,
     params: Any = None, stats: KeyStats | Mapping[int, KeyStats] | None = None, corpus: str = "wordnet",
-    stats_tokens: int = DEFAULT_TOKENS, progress: bool = True,
+    stats_tokens: int = DEFAULT_TOKENS, progress: bool = True, guard: bool | Guard = False,
 ) -> Edit:
     """Edit `model` so each request's prompt continues with its target; returns the applied `Edit`.
 
@@ -102,7 +103,9 @@ def edit(
     need them (checked against the model), else `key_stats(model, …, corpus=corpus,
     tokens=stats_tokens)` (cached). Requests whose target the model already gives are skipped
     with a warning. Bad input → ValueError/TypeError before any work, and a failed edit changes
-    nothing.
+    nothing. `guard=True` (or a `Guard`): refuse, with `CollapseRefused` and nothing changed, an
+    edit after which the held-out perplexity or a weight's change passes its bound (`editing.guard`);
+    the health measured goes into `info["health"]`.
     """
     model = as_model(model)  # a Model, transformers model, TransformerBridge or nnsight model
     m = get(method)
@@ -115,6 +118,7 @@ def edit(
     hp = params if params is not None else m.Params()
     if not isinstance(hp, m.Params):
         raise TypeError(f"params for {m.name} must be {m.Params.__name__}, got {type(hp).__name__}")
+    health_guard = as_guard(guard)
     chosen = _layers(model, m, layer, layers, reqs[0])
     todo = [r for r in reqs if not already_says(model, r)]
     if len(todo) < len(reqs) and m.already_said == "refuse":
@@ -134,12 +138,17 @@ def edit(
         hparams.update(corpus=corpus, stats_tokens=stats_tokens,
                        stats={str(l): s.provenance for l, s in prepared.items()})
     editor = _editor(model, m, chosen, hp, hparams) if m.trained else None
+    if health_guard is not None:
+        health_guard.base_perplexity(model)  # measured on the unedited model, before this edit's transaction
+        hparams["guard"] = health_guard.to_dict()
     start = time.perf_counter()
     with transaction(model) as tx:
         ctx = Context(tx, journal(model), prepared, progress, editor=editor)
         for change in m.apply(model, todo, chosen, hp, ctx):
             if change not in tx.changes:
                 tx.apply(change)
+        if health_guard is not None:
+            ctx.info["health"] = health_guard.check(model, tx.changes)
     e.changes = tx.changes
     e.info = dict(ctx.info, norms={d.layer: d.norm for d in e.deltas if d.layer is not None},
                   total_seconds=time.perf_counter() - start)
