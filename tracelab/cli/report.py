@@ -15,6 +15,7 @@ def register(subparsers) -> None:
     p.add_argument("--method", default=DEFAULT, choices=registry.names(), help="edit method")
     p.add_argument("--samples", type=int, default=3, help="noise samples per trace (default 3; the paper: 10)")
     p.add_argument("--stats-tokens", type=int, default=20_000, help="corpus tokens for key statistics (cached)")
+    p.add_argument("--compare", default=None, help="a saved `tracelab compare` JSON: adds the every-method section")
     add_model_options(p)
     p.set_defaults(func=run)
 
@@ -23,6 +24,6 @@ def run(args) -> int:
     from ..viz.report import write_report
 
     path = write_report(load(args), args.out, new_target=args.target, method=args.method, samples=args.samples,
-                        stats_tokens=args.stats_tokens)
+                        stats_tokens=args.stats_tokens, comparison=args.compare)
     print(f"wrote {path}")
     return 0

@@ -89,7 +89,7 @@ def render_report(*, title: str = "tracelab report", traces: Mapping[str, Any] |
                   edits: Sequence[Any] = (), predictions: Sequence[Mapping[str, Any]] = (),
                   metrics: Mapping[str, Mapping[str, Any]] | None = None,
                   figures: Mapping[str, go.Figure] | None = None, settings: Mapping[str, Any] | None = None,
-                  notes: str = "") -> str:
+                  notes: str = "", comparison=None) -> str:
     """The report as one HTML string (plotly.js embedded; opens offline).
 
         >>> page = render_report(traces={"before the edit": r}, edits=[e],
@@ -99,7 +99,8 @@ def render_report(*, title: str = "tracelab report", traces: Mapping[str, Any] |
 
     `traces`: caption → `TraceResult` (drawn with its `figure()`); `edits`: `Edit`s (summary table);
     `predictions`: rows for a before/after table; `metrics`: `{column: {metric: value}}`;
-    `figures`: caption → any plotly figure; `settings`: shown as JSON.
+    `figures`: caption → any plotly figure; `settings`: shown as JSON; `comparison`: a
+    `tl.compare` result (`evaluation.compare.Comparison`), shown as its table and bar chart.
     """
     parts = [f"<h1>{_esc(title)}</h1>",
              f'<p class="muted">written {datetime.datetime.now().isoformat(timespec="seconds")}</p>']
@@ -119,6 +120,17 @@ def render_report(*, title: str = "tracelab report", traces: Mapping[str, Any] |
         parts.append("<h2>Top predictions before and after</h2>" + html_table(predictions))
     if metrics:
         parts.append("<h2>Metrics</h2>" + html_table(metric_rows(metrics)))
+    if comparison is not None:
+        rows = [{"method": name, **{c: v for c, v in row.items()}} for name, row in comparison.rows.items()]
+        rows += [{"method": name, "efficacy": f"not run: {info['error']}"} for name, info in comparison.methods.items()
+                 if "error" in info]
+        meta = comparison.meta
+        parts.append("<h2>Every method compared</h2>" + html_table(rows) +
+                     f'<p class="muted">{_esc(meta.get("cases"))} cases of {_esc(meta.get("records"))}, mode '
+                     f'{_esc(meta.get("mode"))}; scores in %, fluency in bits (n-gram entropy), robustness: the '
+                     "share of rephrased asks (long prefix, typo, doubt, question) that give the new answer</p>")
+        parts.append(f'<div class="figure">{figure_div(comparison.figure(), f"plot-{plots}")}</div>')
+        plots += 1
     for caption, fig in (figures or {}).items():
         parts.append(f'<h2>{_esc(caption)}</h2><div class="figure">{figure_div(fig, f"plot-{plots}")}</div>')
         plots += 1
@@ -145,7 +157,7 @@ def save_report(page: str, out: str | os.PathLike) -> Path:
 def write_report(model, out: str | os.PathLike = "report.html", *, fact: Mapping[str, str] | None = None,
                  new_target: str = "Rome", method: str | None = None, samples: int = 3,
                  dtype: str | None = "bfloat16", kinds: Sequence[str] = ("resid", "mlp", "attn"),
-                 stats_tokens: int = 20_000, story=None, progress: bool = True) -> Path:
+                 stats_tokens: int = 20_000, story=None, comparison=None, progress: bool = True) -> Path:
     """Run the main job on one fact and write the report: trace → edit at the MLP peak → re-trace → undo.
 
         >>> write_report(tracelab.load_model(), "report.html")   # the Eiffel Tower → Rome
@@ -156,12 +168,17 @@ def write_report(model, out: str | os.PathLike = "report.html", *, fact: Mapping
     `tracelab.viz.story.eiffel`); `method`: a registered editing method (default: the registry's);
     `samples`, `dtype`, `kinds` go to both traces; `stats_tokens` to the edit's key statistics.
     `story`: the trace → edit → compare already run (`viz.story.edit_story`, with a re-trace),
-    else it is run here. The model's weights are restored (bit for bit) before it returns, even
+    else it is run here. `comparison`: a `tl.compare` result, or the path of a saved one, for a
+    section comparing every method. The model's weights are restored (bit for bit) before it returns, even
     on error. Returns the path of the written page.
     """
     from .compare import comparison_metrics, comparison_rows
     from .story import edit_story, eiffel
 
+    if comparison is not None and not hasattr(comparison, "rows"):
+        from ..evaluation.compare import Comparison
+
+        comparison = Comparison.load(comparison)  # before the story runs: a bad path fails fast
     if story is None:
         if fact is not None:
             missing = [k for k in ("subject", "prompt", "paraphrase", "neighbour") if k not in fact]
@@ -185,6 +202,6 @@ def write_report(model, out: str | os.PathLike = "report.html", *, fact: Mapping
                          traces={"before the edit": story.trace,
                                  f"after the {title} edit at layer {story.layer}": story.retrace},
                          edits=[e], predictions=comparison_rows(story.before, story.after), metrics=metrics,
-                         settings=settings,
+                         settings=settings, comparison=comparison,
                          notes=f"{model.name}: where the model recalls the fact, and what editing it there changes.")
     return save_report(page, out)

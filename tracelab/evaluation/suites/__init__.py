@@ -62,12 +62,44 @@ def register_suite(cls: type[Suite]) -> type[Suite]:
 
 
 def get_suite(name: str | Suite, **options) -> Suite:
-    """The suite `name` (an instance made with `options`, e.g. `generation=True`), or `name` itself."""
+    """The suite `name` (an instance made with `options`, e.g. `generation=True`), or `name` itself;
+    "a+b" scores every case with both (`Combined`, one edit per case).
+
+        >>> get_suite("counterfact+robustness", generation=True)
+    """
     if isinstance(name, Suite):
         return name
+    if "+" in name:
+        return Combined([get_suite(part, **options) for part in name.split("+")])
     if name not in _SUITES:
-        raise ValueError(f"unknown suite {name!r}: registered suites are {suite_names()}")
+        raise ValueError(f"unknown suite {name!r}: registered suites are {suite_names()} (join them with '+')")
     return _SUITES[name](**options)
+
+
+class Combined(Suite):
+    """Several suites scoring the same cases, after the same edit: metrics merged, references kept apart.
+    It reads cases as its first suite does."""
+
+    def __init__(self, parts: list[Suite]) -> None:
+        super().__init__(any(p.generation for p in parts))
+        if not parts or not all(p.edits for p in parts) and any(p.edits for p in parts):
+            raise ValueError("combine suites of edit requests, or suites of facts to keep, not both")
+        self.parts = parts
+        self.name = "+".join(p.name for p in parts)
+        self.edits = all(p.edits for p in parts)
+        self.percent = tuple(m for p in parts for m in p.percent)
+        self.default_file = parts[0].default_file
+
+    def read(self, source: Any = None, limit: int | None = None) -> list[Record]:
+        return self.parts[0].read(source, limit)
+
+    def score(self, model, case: Record, reference: Any = None):
+        metrics, references = {}, []
+        for part, ref in zip(self.parts, reference or [None] * len(self.parts)):
+            m, r = part.score(model, case, ref)
+            metrics.update(m)
+            references.append(r)
+        return metrics, references
 
 
 def suite_names() -> list[str]:
@@ -79,6 +111,6 @@ def suite_for(cases: list[Record]) -> str:
     return cases[0].format if cases and cases[0].format in _SUITES else "counterfact"
 
 
-from . import counterfact, known, zsre  # noqa: E402,F401  (each registers itself)
+from . import counterfact, known, robustness, zsre  # noqa: E402,F401  (each registers itself)
 
-__all__ = ["DATA_ENV", "Suite", "get_suite", "register_suite", "suite_for", "suite_names"]
+__all__ = ["Combined", "DATA_ENV", "Suite", "get_suite", "register_suite", "suite_for", "suite_names"]
