@@ -37,7 +37,7 @@ EDIT_KWARGS = {"rome": {"layer": 4}, "memit": {"layers": [2, 3, 4, 5, 6]}, "alph
                "ft-l": {"layer": 4}, "grace": {}, "t-patcher": {}, "wise": {}, "mend": {}, "ke": {}, "serac": {}}
 # Runs of a method at other settings: name → (method, params as keyword arguments of its Params, more edit kwargs).
 VARIANTS = {"wise-10": ("wise", {"save_freq": 10, "merge_freq": 20}, {}),  # shards scaled to this model's memory
-            "mend+guard": ("mend", {}, {"guard": True}), "ke+guard": ("ke", {}, {"guard": True})}  # the collapse guard
+            "mend+guard": ("mend", {}, {"guard": "16"}), "ke+guard": ("ke", {}, {"guard": "16"})}  # the collapse guard
 METRICS = {"zsre": ("easyedit.reliability", "easyedit.generality", "easyedit.locality"),
            "counterfact": ("rome.efficacy_score", "rome.paraphrase_score", "rome.neighborhood_score")}
 PUBLISHED = ("WISE (Wang et al. 2024, Table 2), LLaMA-2-7B, ZsRE, T = 1000, rel. / gen. / loc.: GRACE 0.93 / 0.08 / "
@@ -87,6 +87,8 @@ def main() -> None:
             t = time.perf_counter()
             registered, settings, extra = VARIANTS.get(method, (method, {}, {}))
             kwargs = dict(EDIT_KWARGS.get(registered, {}), **extra)
+            if "guard" in kwargs:  # on the benchmark's own held-out text: its 16 paragraphs
+                kwargs["guard"] = tl.Guard(paragraphs=int(kwargs["guard"]))
             if settings:
                 kwargs["params"] = tl.editing.registry.get(registered).Params(**settings)
             res = tl.evaluate(model, cases, registered, mode="sequential", checkpoints=checkpoints, at_checkpoint=health,
@@ -96,7 +98,8 @@ def main() -> None:
                 "checkpoints": res.meta["checkpoints"], "before": res.meta["before"],
                 "median_edit_s": statistics.median(res.meta["edit_seconds"]),
                 "median_parameters": statistics.median(res.meta["edit_parameters"]),
-                "edit_kwargs": {k: v for k, v in kwargs.items() if k != "params"}, "params": settings,
+                "edit_kwargs": {k: v if k != "guard" else v.to_dict() for k, v in kwargs.items() if k != "params"},
+                "params": settings,
                 "refused": len(res.meta["refused"]), "seconds": time.perf_counter() - t}
             last = res.meta["checkpoints"][str(len(cases))]
             print(f"{method}/{suite} T={len(cases)}: " + " ".join(f"{k.split('.')[-1]} {last.get(k, float('nan')):.1f}"

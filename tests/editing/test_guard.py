@@ -99,6 +99,8 @@ def test_bad_guards_are_refused():
         Guard(max_perplexity_ratio=0.5)
     with pytest.raises(ValueError, match="max_weight_change"):
         Guard(max_weight_change=0)
+    with pytest.raises(ValueError, match="paragraphs must be a positive int"):
+        Guard(paragraphs=0)
     with pytest.raises(ValueError, match="non-empty sequence"):
         Guard(texts="one string")
     with pytest.raises(TypeError, match="guard must be True, False or a Guard"):

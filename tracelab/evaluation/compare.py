@@ -125,6 +125,7 @@ def compare(model: Model, records: Any = "counterfact", methods: Sequence[str] |
     list, or a suite's name: its default data), scored the same way; see the module doc.
     `edit_kwargs` go to every method's `tl.edit` (e.g. `stats_tokens`). Returns a `Comparison`."""
     model = as_model(model)
+    records = records if isinstance(records, (str, Path)) else list(records)  # every method reads the same
     names = list(methods) if methods is not None else registry.names()
     unknown = [m for m in names if m not in registry.names()]
     if unknown:
@@ -151,7 +152,8 @@ def compare(model: Model, records: Any = "counterfact", methods: Sequence[str] |
         rows[name] = row_of(post, edits) | {"fluency_before": res.summary.get("pre", {}).get(SCORES["fluency"])}
         ran[name].update(seconds=time.perf_counter() - t, refused=sum("refused" in e for e in edits), post=post)
         unedited = unedited or row_of(res.summary.get("pre", {}), [])
-    meta = {"model": model.name, "records": str(records), "cases": n, "mode": mode, "suite": suite,
+    given = str(records) if isinstance(records, (str, Path)) else f"{len(records)} records given"
+    meta = {"model": model.name, "records": given, "cases": n, "mode": mode, "suite": suite,
             "generation": generation, "unedited": unedited or {}, "seconds": time.perf_counter() - t0}
     return Comparison(rows, ran, meta)
 

@@ -1,0 +1,53 @@
+"""Every registered method on the same CounterFact records, through `tl.compare`: one table.
+
+    $ python benchmarks/compare_bench.py                        # every method, 10 known records each
+    $ python benchmarks/compare_bench.py --methods rome,grace --n 20
+
+The first `--n` known records of the CounterFact edit sample (the model's top-1 answer is the true
+one; edit_bench's records), single edits (edit, score, undo), ROME's efficacy / paraphrase /
+neighbourhood scores, fluency (n-gram entropy of a 50-token generation), robustness (the share of
+four rephrased asks that still give the new answer), seconds and numbers changed per edit. ROME
+and FT-L/FT-M at layer 4, MEMIT and AlphaEdit at layers 2–6 (edit_bench's); the memory, adapter,
+neuron, in-context and learned methods at their own layers (the learned ones with the checkpoint
+`learned_bench.py` trained). Writes benchmarks/results/compare.json and compare.png; run alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+import torch
+
+from edit_bench import ROOT, known_records
+from host import host_record
+
+RESULTS = ROOT / "benchmarks" / "results" / "compare.json"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--methods", default=None, help="comma-separated (default: every registered method)")
+    p.add_argument("--n", type=int, default=10)
+    p.add_argument("--out", default=str(RESULTS))
+    args = p.parse_args()
+    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    os.environ.setdefault("TRACELAB_DATA", str(ROOT.parent / "shared" / "data"))
+    import tracelab as tl
+    from tracelab.viz.export import save_figure
+
+    model = tl.load_model()
+    known, _ = known_records(model, 10_000)
+    methods = args.methods.split(",") if args.methods else None
+    cmp = tl.compare(model, known[:args.n], methods, n=args.n, layer=4, layers=[2, 3, 4, 5, 6], progress=False)
+    cmp.meta.update(records="counterfact-edit-sample.json, the first known records (edit_bench)",
+                    host=host_record(model))
+    print(cmp.table())
+    cmp.save(args.out)
+    save_figure(cmp.figure(), Path(args.out).with_suffix(".png"))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
