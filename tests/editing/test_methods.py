@@ -12,7 +12,7 @@ import torch
 from transformers.utils import logging as hf_logging
 
 from tracelab.editing import AlphaEditParams, MemitParams, Request, RomeParams, ValueParams, edit, journal, key_stats
-from tracelab.editing.methods.alphaedit import alphaedit_solver, null_space_projector
+from tracelab.editing.methods.alphaedit import alphaedit_solver, cached_projector, null_space_projector
 from tracelab.editing.toolkit.keys import context_templates, subject_keys
 from tracelab.editing.methods.memit import memit_solver
 from tracelab.editing.methods.rome import rome_delta
@@ -199,6 +199,16 @@ def test_memit_and_alphaedit_closed_forms():
     assert torch.allclose(dW @ (torch.eye(d, dtype=torch.float64) - P), torch.zeros(dm, d, dtype=torch.float64),
                           atol=1e-10)                                   # preserved directions untouched
     assert ranks == {0: 6}
+
+
+def test_alphaedit_projectors_are_computed_once_per_statistics_read_anew():
+    C = torch.diag(torch.tensor([1.0] * 10 + [1e-6] * 6))
+    first = cached_projector(KeyStats(0, C.clone(), 1, {"corpus": "x"}), None, 1e-2)
+    again = cached_projector(KeyStats(0, C.clone(), 1, {"corpus": "x"}), None, 1e-2)  # as tl.edit reads them per edit
+    assert again[0] is first[0] and torch.equal(first[0], null_space_projector(C, threshold=1e-2)[0])
+    other = cached_projector(KeyStats(0, C * 2, 1, {"corpus": "x"}), None, 1e-2)  # other statistics: computed
+    assert other[0] is not first[0]
+    assert cached_projector(KeyStats(0, C.clone(), 1, {"corpus": "x"}), 0.15, None)[1] == 7  # another rule
 
 
 @pytest.mark.parametrize("method", ["memit", "alphaedit"])

@@ -20,7 +20,8 @@ largest eigenvalue) gives the paper's rule.
 
 from __future__ import annotations
 
-import weakref
+import json
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -73,18 +74,23 @@ def null_space_projector(C: torch.Tensor, null_energy: float | None = None,
     return U @ U.T, int(small.sum())
 
 
-_PROJECTORS: dict[int, tuple] = {}  # id(C) → (weak reference to C, rule and version, (P, rank))
+_PROJECTORS: OrderedDict[tuple, tuple[torch.Tensor, int]] = OrderedDict()  # the last few layers' (P, rank)
 
 
-def cached_projector(C: torch.Tensor, null_energy: float | None, threshold: float | None) -> tuple[torch.Tensor, int]:
-    """`null_space_projector` of C, computed once per statistics tensor, rule and version (an
-    eigendecomposition of a d_mlp × d_mlp matrix per layer cost ~1 s per edit of a sequential stream)."""
-    key = (null_energy, threshold, C._version)
-    held = _PROJECTORS.get(id(C))
-    if held is None or held[0]() is not C or held[1] != key:
-        _PROJECTORS[id(C)] = (weakref.ref(C, lambda _, i=id(C): _PROJECTORS.pop(i, None)), key,
-                              null_space_projector(C, null_energy, threshold))
-    return _PROJECTORS[id(C)][2]
+def cached_projector(stats: KeyStats, null_energy: float | None, threshold: float | None) -> tuple[torch.Tensor, int]:
+    """`null_space_projector` of `stats.moment`, computed once per statistics and rule: keyed by their
+    provenance and a checksum of C, since `tl.edit` reads the statistics from their cache anew for every
+    edit (five eigendecompositions of d_mlp × d_mlp matrices cost 3.4 s of every edit of a stream)."""
+    C = stats.moment
+    key = (json.dumps(stats.provenance, sort_keys=True, default=str), stats.layer, stats.count,
+           float(C.double().sum()), float(C.diagonal().double().sum()), null_energy, threshold)
+    if key in _PROJECTORS:
+        _PROJECTORS.move_to_end(key)
+    else:
+        _PROJECTORS[key] = null_space_projector(C, null_energy, threshold)
+        while len(_PROJECTORS) > 8:  # 8 layers of float64 [d_mlp, d_mlp]: ~150 MB at d_mlp 1536
+            _PROJECTORS.popitem(last=False)
+    return _PROJECTORS[key]
 
 
 def alphaedit_solver(stats: dict[int, KeyStats], past_keys: dict[int, torch.Tensor], null_energy: float | None,
@@ -93,7 +99,7 @@ def alphaedit_solver(stats: dict[int, KeyStats], past_keys: dict[int, torch.Tens
 
     def solver(layer: int, K: torch.Tensor, R: torch.Tensor) -> torch.Tensor:
         if layer not in projectors:
-            projectors[layer], ranks[layer] = cached_projector(stats[layer].moment, null_energy, threshold)
+            projectors[layer], ranks[layer] = cached_projector(stats[layer], null_energy, threshold)
             if ranks[layer] == 0:
                 rule = f"threshold {threshold}" if threshold is not None else f"null_energy {null_energy}"
                 raise ValueError(f"the null space of C at layer {layer} is empty at {rule}: raise it "
