@@ -89,3 +89,10 @@ def test_compare_runs_every_method_on_the_same_cases_and_reports_what_it_could_n
         tl.compare(model, CASES, ["rome", "nope"], n=1)
     with pytest.raises(ValueError, match="single' or 'sequential"):
         tl.compare(model, CASES, ["rome"], n=1, mode="batch")
+
+
+def test_compare_refuses_records_without_a_true_answer_naming_the_field():
+    model = tiny_model("llama")
+    bare = [{"subject": "The Eiffel Tower", "prompt": "{} is in", "target": "Rome"}]
+    with pytest.raises(ValueError, match=r"record\(s\) \[0\] have no true answer .*ground_truth"):
+        tl.compare(model, bare, ["grace"], n=1)

@@ -24,7 +24,9 @@ from .runner import CHECKPOINTS, run
 from .suites import Suite, get_suite, suite_for, suite_names
 
 
-def _cases(records, suite: Suite | None, limit: int | None, generation: bool) -> tuple[list[Record], Suite | None]:
+def read_cases(records, suite: Suite | None, limit: int | None, generation: bool) -> tuple[list[Record], Suite | None]:
+    """The first `limit` cases of `records` and the suite to score them (`suite`, or the one a
+    suite's name given as `records` names: its default data)."""
     if isinstance(records, str) and records in suite_names():  # a suite by name: its default data
         suite = suite or get_suite(records, generation=generation)
         return suite.read(None, limit), suite
@@ -76,7 +78,7 @@ def evaluate(
         raise TypeError(f"intervention must be None, a method name, an Edit or a callable, "
                         f"got {type(intervention).__name__}")
     given = get_suite(suite, generation=generation) if suite is not None else None
-    cases, given = _cases(records, given, limit, generation)
+    cases, given = read_cases(records, given, limit, generation)
     if not cases:
         raise ValueError("no records to evaluate")
     chosen = given or get_suite(suite_for(cases), generation=generation)

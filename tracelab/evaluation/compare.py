@@ -33,7 +33,7 @@ from ..editing import registry
 from ..io import UnreadableFile, atomic_write
 from ..models import Model
 from ..models.loading import as_model
-from .api import evaluate
+from .api import evaluate, read_cases
 from .suites.robustness import WAYS
 
 COLUMNS = ("efficacy", "paraphrase", "neighbourhood", "fluency", "robustness", "s/edit", "parameters")
@@ -125,7 +125,6 @@ def compare(model: Model, records: Any = "counterfact", methods: Sequence[str] |
     list, or a suite's name: its default data), scored the same way; see the module doc.
     `edit_kwargs` go to every method's `tl.edit` (e.g. `stats_tokens`). Returns a `Comparison`."""
     model = as_model(model)
-    records = records if isinstance(records, (str, Path)) else list(records)  # every method reads the same
     names = list(methods) if methods is not None else registry.names()
     unknown = [m for m in names if m not in registry.names()]
     if unknown:
@@ -133,6 +132,12 @@ def compare(model: Model, records: Any = "counterfact", methods: Sequence[str] |
     if mode not in ("single", "sequential"):
         raise ValueError(f"compare runs mode 'single' or 'sequential' (every method can), got {mode!r}")
     suite = "counterfact+robustness"
+    cases, _ = read_cases(records, None, n, generation)  # every method edits the same cases
+    lacking = [c.case_id if c.case_id is not None else i for i, c in enumerate(cases) if c.request.target_true is None]
+    if lacking:
+        raise ValueError(f"compare reports ROME's efficacy, paraphrase and neighbourhood scores, which weigh the new "
+                         f"answer against the true one, and record(s) {lacking[:5]} have no true answer (CounterFact's "
+                         "`ground_truth` / `target_true`, zsRE's `answers`)")
     t0 = time.perf_counter()
     rows, ran, unedited = {}, {}, None
     for name in names:
@@ -142,7 +147,7 @@ def compare(model: Model, records: Any = "counterfact", methods: Sequence[str] |
         t = time.perf_counter()
         try:
             ran[name]["prepared"] = prepare(model, name, kwargs)
-            res = evaluate(model, records, name, suite=suite, mode=mode, limit=n, generation=generation,
+            res = evaluate(model, cases, name, suite=suite, mode=mode, limit=n, generation=generation,
                            progress=progress, checkpoints=(n,), **kwargs)
         except (ValueError, TypeError, FileNotFoundError) as e:  # e.g. a learned editor with no checkpoint
             ran[name]["error"] = f"{type(e).__name__}: {e}"
@@ -152,7 +157,7 @@ def compare(model: Model, records: Any = "counterfact", methods: Sequence[str] |
         rows[name] = row_of(post, edits) | {"fluency_before": res.summary.get("pre", {}).get(SCORES["fluency"])}
         ran[name].update(seconds=time.perf_counter() - t, refused=sum("refused" in e for e in edits), post=post)
         unedited = unedited or row_of(res.summary.get("pre", {}), [])
-    given = str(records) if isinstance(records, (str, Path)) else f"{len(records)} records given"
+    given = str(records) if isinstance(records, (str, Path)) else f"{len(cases)} records given"
     meta = {"model": model.name, "records": given, "cases": n, "mode": mode, "suite": suite,
             "generation": generation, "unedited": unedited or {}, "seconds": time.perf_counter() - t0}
     return Comparison(rows, ran, meta)
