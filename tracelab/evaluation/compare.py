@@ -71,11 +71,15 @@ class Comparison:
     def figure(self):
         """A bar chart: one group per column of scores (%), one bar per method."""
         import plotly.graph_objects as go
+        from plotly.colors import qualitative
 
         scores = ("efficacy", "paraphrase", "neighbourhood", "robustness")
-        fig = go.Figure([go.Bar(name=name, x=list(scores), y=[row.get(c) for c in scores])
-                         for name, row in self.rows.items()])
-        fig.update_layout(barmode="group", template="simple_white", yaxis_title="% of cases", width=900, height=420,
+        colours = qualitative.Dark24  # one colour per method, up to 24
+        fig = go.Figure([go.Bar(name=name, x=list(scores), y=[row.get(c) for c in scores],
+                                marker_color=colours[i % len(colours)])
+                         for i, (name, row) in enumerate(self.rows.items())])
+        fig.update_layout(barmode="group", template="simple_white", yaxis_title="% of cases", width=900,
+                          height=max(420, 120 + 30 * len(self.rows)),  # room for every legend entry
                           title=f"{self.meta.get('model')}: {self.meta.get('cases')} edits per method "
                                 f"({self.meta.get('mode')})")
         return fig
