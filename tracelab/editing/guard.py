@@ -83,7 +83,7 @@ class Guard:
     def base_perplexity(self, model: Model) -> float:
         """Perplexity of the held-out text on the unedited model (cached per model object)."""
         per_model = _BASE.setdefault(model.hf, {})
-        key = (hash(self.held_out()), self.max_length)
+        key = (self.held_out(), self.max_length)
         if key not in per_model:
             with journal(model).suspended(), torch.no_grad():
                 per_model[key] = perplexity(model, list(self.held_out()), max_length=self.max_length)

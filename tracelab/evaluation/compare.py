@@ -151,7 +151,7 @@ def compare(model: Model, records: Any = "counterfact", methods: Sequence[str] |
         t = time.perf_counter()
         try:
             ran[name]["prepared"] = prepare(model, name, kwargs)
-            res = evaluate(model, cases, name, suite=suite, mode=mode, limit=n, generation=generation,
+            res = evaluate(model, cases, name, suite=suite, mode=mode, generation=generation,
                            progress=progress, checkpoints=(n,), **kwargs)
         except (ValueError, TypeError, FileNotFoundError) as e:  # e.g. a learned editor with no checkpoint
             ran[name]["error"] = f"{type(e).__name__}: {e}"

@@ -121,7 +121,7 @@ def render_report(*, title: str = "tracelab report", traces: Mapping[str, Any] |
     if metrics:
         parts.append("<h2>Metrics</h2>" + html_table(metric_rows(metrics)))
     if comparison is not None:
-        rows = [{"method": name, **{c: v for c, v in row.items()}} for name, row in comparison.rows.items()]
+        rows = [{"method": name, **row} for name, row in comparison.rows.items()]
         rows += [{"method": name, "efficacy": f"not run: {info['error']}"} for name, info in comparison.methods.items()
                  if "error" in info]
         meta = comparison.meta
