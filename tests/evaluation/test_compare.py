@@ -10,7 +10,8 @@ import tracelab as tl
 from tracelab.editing import FTLParams, Request
 from tracelab.evaluation import Comparison, get_suite, to_record
 from tracelab.evaluation.metrics import score_targets
-from tracelab.evaluation.suites.robustness import UNRELATED, question, typo, variants
+from tracelab.evaluation.records import as_question as question
+from tracelab.evaluation.suites.robustness import UNRELATED, typo, variants
 from tracelab.io import UnreadableFile
 from tracelab.models.tiny import tiny_model
 

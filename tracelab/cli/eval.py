@@ -14,10 +14,12 @@ def register(subparsers) -> None:
 
     p = subparsers.add_parser("eval", help="score an editing method on a suite's cases (table + JSON)")
     p.add_argument("--records", required=True,
-                   help=f"CounterFact (nested or EasyEdit flat), zsRE or known-facts JSON/JSONL file, or a suite name "
-                        f"({', '.join(suite_names())}: its default data)")
+                   help=f"CounterFact (nested or EasyEdit flat), zsRE, known-facts, MQuAKE or RippleEdits JSON/JSONL "
+                        f"file, or a suite name ({', '.join(suite_names())}: its default data)")
     p.add_argument("--method", default=DEFAULT, choices=["none", *registry.names()])
-    p.add_argument("--suite", default=None, choices=suite_names(), help="how cases are scored (default: from the records)")
+    p.add_argument("--suite", default=None, type=suite_name,
+                   help=f"how cases are scored: {', '.join(suite_names())}, or several joined with '+' "
+                        "(default: from the records)")
     p.add_argument("--mode", default=None, choices=MODES, help="single / batch / sequential (default: by the method)")
     p.add_argument("--checkpoints", default="1,10,100,1000", help="sequential mode: score after these many edits")
     p.add_argument("--batch-size", type=int, default=1, help="sequential mode: requests per edit")
@@ -29,6 +31,19 @@ def register(subparsers) -> None:
     p.add_argument("--out", default=None, help="write the per-record results and summary as JSON here")
     add_model_options(p)
     p.set_defaults(func=run)
+
+
+def suite_name(text: str) -> str:
+    """A registered suite's name, or several joined with '+' (argparse type: a clear error otherwise)."""
+    import argparse
+
+    from ..evaluation import get_suite
+
+    try:
+        get_suite(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from e
+    return text
 
 
 def run(args) -> int:

@@ -28,8 +28,13 @@ def read_cases(records, suite: Suite | None, limit: int | None, generation: bool
     """The first `limit` cases of `records` and the suite to score them (`suite`, or the one a
     suite's name given as `records` names: its default data)."""
     if isinstance(records, str) and records in suite_names():  # a suite by name: its default data
-        suite = suite or get_suite(records, generation=generation)
-        return suite.read(None, limit), suite
+        named = get_suite(records, generation=generation)
+        cases = named.read(None, limit)
+        if suite is not None:
+            suite.complete(cases)
+        return cases, suite or named
+    if suite is not None:  # the suite reads them: it may add what it scores (the knowledge graph's probes)
+        return suite.read(records, limit), suite
     if isinstance(records, (str, Path)):
         return read_records(records, limit), suite
     return [to_record(r) for r in records][:limit], suite

@@ -5,10 +5,13 @@
 
 Every method edits each case (`mode="single"`: edit, score, undo; or "sequential") and is scored
 by CounterFact's suite with generation (ROME's efficacy / paraphrase / neighbourhood scores,
-fluency as n-gram entropy of generations) and the robustness suite (the edit asked through a
-long prefix, with a typo, doubting, as a question), in one `tl.evaluate` per method. Columns:
+fluency as n-gram entropy of generations), the robustness suite (the edit asked through a
+long prefix, with a typo, doubting, as a question) and, where the cases carry probes (the
+knowledge graph's edits, `records="portability"`, or records about its facts), the portability
+suite, in one `tl.evaluate` per method. Columns:
 
     efficacy, paraphrase, neighbourhood   ROME's scores after the edit (%)
+    portability                           share of the kept ripple / multi-hop probes that follow the edit (%)
     fluency                               n-gram entropy of generations after (bits; before: `fluency_before`)
     robustness                            share of the four rephrasings that still give the new answer (%)
     s/edit, parameters                    median seconds per edit, median numbers changed or added per edit
@@ -34,11 +37,12 @@ from ..io import UnreadableFile, atomic_write
 from ..models import Model
 from ..models.loading import as_model
 from .api import evaluate, read_cases
+from .suites import get_suite
 from .suites.robustness import WAYS
 
-COLUMNS = ("efficacy", "paraphrase", "neighbourhood", "fluency", "robustness", "s/edit", "parameters")
+COLUMNS = ("efficacy", "paraphrase", "neighbourhood", "portability", "fluency", "robustness", "s/edit", "parameters")
 SCORES = {"efficacy": "rome.efficacy_score", "paraphrase": "rome.paraphrase_score",
-          "neighbourhood": "rome.neighborhood_score", "fluency": "rome.generation_entropy"}
+          "neighbourhood": "rome.neighborhood_score", "portability": "portability", "fluency": "rome.generation_entropy"}
 
 
 @dataclass
@@ -73,7 +77,7 @@ class Comparison:
         import plotly.graph_objects as go
         from plotly.colors import qualitative
 
-        scores = ("efficacy", "paraphrase", "neighbourhood", "robustness")
+        scores = ("efficacy", "paraphrase", "neighbourhood", "portability", "robustness")
         colours = qualitative.Dark24  # one colour per method, up to 24
         fig = go.Figure([go.Bar(name=name, x=list(scores), y=[row.get(c) for c in scores],
                                 marker_color=colours[i % len(colours)])
@@ -135,8 +139,10 @@ def compare(model: Model, records: Any = "counterfact", methods: Sequence[str] |
         raise ValueError(f"unknown method(s) {unknown}: registered methods are {registry.names()}")
     if mode not in ("single", "sequential"):
         raise ValueError(f"compare runs mode 'single' or 'sequential' (every method can), got {mode!r}")
-    suite = "counterfact+robustness"
-    cases, _ = read_cases(records, None, n, generation)  # every method edits the same cases
+    suite = get_suite("counterfact+robustness+portability", generation=generation)
+    cases, _ = read_cases(records, suite, n, generation)  # every method edits the same cases
+    if not any(c.probes for c in cases):  # nothing to probe: no portability column
+        suite = get_suite("counterfact+robustness", generation=generation)
     lacking = [c.case_id if c.case_id is not None else i for i, c in enumerate(cases) if c.request.target_true is None]
     if lacking:
         raise ValueError(f"compare reports ROME's efficacy, paraphrase and neighbourhood scores, which weigh the new "
@@ -162,7 +168,7 @@ def compare(model: Model, records: Any = "counterfact", methods: Sequence[str] |
         ran[name].update(seconds=time.perf_counter() - t, refused=sum("refused" in e for e in edits), post=post)
         unedited = unedited or row_of(res.summary.get("pre", {}), [])
     given = str(records) if isinstance(records, (str, Path)) else f"{len(cases)} records given"
-    meta = {"model": model.name, "records": given, "cases": n, "mode": mode, "suite": suite,
+    meta = {"model": model.name, "records": given, "cases": n, "mode": mode, "suite": suite.name,
             "generation": generation, "unedited": unedited or {}, "seconds": time.perf_counter() - t0}
     return Comparison(rows, ran, meta)
 

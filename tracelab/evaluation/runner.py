@@ -79,6 +79,7 @@ def run(model: Model, suite: Suite, cases: Sequence[Record], intervention: Any =
     is as it was afterwards (every edit made here is undone). `at_checkpoint(model) -> dict`
     (sequential mode): more figures at each checkpoint and before the first edit (perplexity)."""
     mode = check_mode(suite, intervention, mode)
+    suite.check(list(cases))
     edit_kwargs = dict(edit_kwargs or {})
     t0 = time.perf_counter()
     label = intervention if isinstance(intervention, str) else type(intervention).__name__ if intervention else "model"
@@ -98,19 +99,22 @@ def run(model: Model, suite: Suite, cases: Sequence[Record], intervention: Any =
         for c in bar:
             pre, ref = suite.score(model, c)
             try:
-                e = do_edit(model, c.request, method=intervention, progress=False, **edit_kwargs)
+                made = edit_all(model, c.requests, intervention, edit_kwargs)
             except EditRefused as refused:  # nothing changed: scored as the model is
                 rows.append({**_row(c, pre, suite.score(model, c, ref)[0]), "edit": {"refused": str(refused)}})
                 continue
             try:
                 rows.append(_row(c, pre, suite.score(model, c, ref)[0]))
-                rows[-1]["edit"] = {"seconds": e.info.get("total_seconds"), "layers": e.layers,
-                                    "norms": e.info.get("norms"), "parameters": e.info.get("parameters_changed", sum(c.size for c in e.changes))}
+                rows[-1]["edit"] = {"seconds": sum(e.info.get("total_seconds") or 0.0 for e in made),
+                                    "layers": made[0].layers, "norms": made[0].info.get("norms"),
+                                    "parameters": sum(e.info.get("parameters_changed", sum(c.size for c in e.changes))
+                                                      for e in made)}
             finally:
-                e.undo()
+                for e in reversed(made):
+                    e.undo()
     elif mode == "batch":
         pres = [suite.score(model, c) for c in bar]
-        e = do_edit(model, [c.request for c in cases], method=intervention, progress=progress, **edit_kwargs)
+        e = do_edit(model, [r for c in cases for r in c.requests], method=intervention, progress=progress, **edit_kwargs)
         try:
             rows = [_row(c, pre, suite.score(model, c, ref)[0]) for c, (pre, ref) in zip(cases, pres)]
         finally:
@@ -119,9 +123,28 @@ def run(model: Model, suite: Suite, cases: Sequence[Record], intervention: Any =
     else:
         rows, meta = _sequential(model, suite, cases, intervention, checkpoints, batch_size, at_checkpoint,
                                  edit_kwargs, bar)
+    if suite.counts:  # e.g. the probes a suite dropped because the unedited model did not know them
+        meta["totals"] = {name: sum(r["pre"].get(name) or 0 for r in rows) for name in suite.counts}
     return EvalResult(rows, {"model": model.name, "suite": suite.name, "intervention": label, "mode": mode,
                              "cases": len(cases), "seconds": time.perf_counter() - t0, "percent": list(suite.percent),
                              "edit_kwargs": {k: str(v) for k, v in edit_kwargs.items()}, **meta})
+
+
+def edit_all(model: Model, requests: list, method: str, edit_kwargs: dict) -> list[Edit]:
+    """`requests` edited: in one edit where the method edits many at once (or there is one), else one
+    after another; on a refusal the ones made are undone and the refusal raised (nothing changed)."""
+    if len(requests) == 1 or registry.get(method).batch:
+        return [do_edit(model, requests if len(requests) > 1 else requests[0], method=method, progress=False,
+                        **edit_kwargs)]
+    made: list[Edit] = []
+    try:
+        for r in requests:
+            made.append(do_edit(model, r, method=method, progress=False, **edit_kwargs))
+    except BaseException:
+        for e in reversed(made):
+            e.undo()
+        raise
+    return made
 
 
 def _sequential(model, suite, cases, method, checkpoints, batch_size, at_checkpoint, edit_kwargs, bar):
@@ -138,13 +161,11 @@ def _sequential(model, suite, cases, method, checkpoints, batch_size, at_checkpo
     try:
         for start in range(0, n, batch_size):
             chunk = cases[start:start + batch_size]
-            requests = [c.request for c in chunk]
             try:
-                e = do_edit(model, requests if len(requests) > 1 else requests[0], method=method, progress=False,
-                            **edit_kwargs)
-                edits.append(e)
-                seconds.append(e.info.get("total_seconds", 0.0))
-                sizes.append(sum(c.size for c in e.changes))
+                made = edit_all(model, [r for c in chunk for r in c.requests], method, edit_kwargs)
+                edits += made
+                seconds.append(sum(e.info.get("total_seconds", 0.0) for e in made))
+                sizes.append(sum(c.size for e in made for c in e.changes))
             except EditRefused as refused:  # nothing changed; the stream goes on
                 refusals.append(str(refused))
             done = start + len(chunk)

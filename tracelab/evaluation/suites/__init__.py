@@ -26,11 +26,16 @@ from ..records import Record, read_records
 class Suite:
     """One evaluation suite; see the module doc. `edits`: its cases are edit requests (False:
     facts the model should keep, scored under an intervention made elsewhere). `percent`: its
-    metrics that are shares of cases. `default_file`: read when the suite is named without data."""
+    metrics that are shares of cases; `counts`: its metrics that are counts, summed over the cases'
+    before-scores into the result's `meta["totals"]`. `needs`: the `Record` fields (dotted:
+    "request.target_true") every case must have, checked before any work. `default_file`: read
+    when the suite is named without data."""
 
     name: ClassVar[str]
     edits: ClassVar[bool] = True
     percent: ClassVar[tuple[str, ...]] = ()
+    counts: ClassVar[tuple[str, ...]] = ()
+    needs: ClassVar[tuple[str, ...]] = ()
     default_file: ClassVar[str | None] = None
 
     def __init__(self, generation: bool = False) -> None:
@@ -40,16 +45,37 @@ class Suite:
         """Cases from a file, a list of dicts/Records, or (None) the suite's default data."""
         if source is None:
             source = self._default_source()
-        return read_records(source, limit) if isinstance(source, (str, os.PathLike)) else \
+        records = read_records(source, limit) if isinstance(source, (str, os.PathLike)) else \
             read_records(list(source), limit)
+        self.complete(records)
+        return records
+
+    def complete(self, records: list[Record]) -> None:
+        """Add what this suite scores to records read by another (e.g. the knowledge graph's probes)."""
 
     def _default_source(self):
         if self.default_file is None:
             raise ValueError(f"the {self.name} suite has no default data: give a records file")
         return shared_data(self.default_file)
 
+    def check(self, cases: list[Record]) -> None:
+        """ValueError naming the field when a case lacks what the suite needs (see `needs`)."""
+        for name in self.needs:
+            lacking = [c.case_id if c.case_id is not None else i for i, c in enumerate(cases)
+                       if _field(c, name) in (None, "", [], ())]
+            if lacking:
+                raise ValueError(f"the {self.name} suite needs `{name}` in every record, and {len(lacking)} of "
+                                 f"{len(cases)} have none (e.g. {lacking[:5]})")
+
     def score(self, model, case: Record, reference: Any = None) -> tuple[dict[str, float | None], Any]:
         raise NotImplementedError
+
+
+def _field(record: Record, dotted: str):
+    value = record
+    for part in dotted.split("."):
+        value = getattr(value, part, None)
+    return value
 
 
 _SUITES: dict[str, type[Suite]] = {}
@@ -88,10 +114,22 @@ class Combined(Suite):
         self.name = "+".join(p.name for p in parts)
         self.edits = all(p.edits for p in parts)
         self.percent = tuple(m for p in parts for m in p.percent)
+        self.counts = tuple(m for p in parts for m in p.counts)
         self.default_file = parts[0].default_file
 
     def read(self, source: Any = None, limit: int | None = None) -> list[Record]:
-        return self.parts[0].read(source, limit)
+        records = self.parts[0].read(source, limit)
+        for part in self.parts[1:]:
+            part.complete(records)
+        return records
+
+    def complete(self, records: list[Record]) -> None:
+        for part in self.parts:
+            part.complete(records)
+
+    def check(self, cases: list[Record]) -> None:
+        for part in self.parts:
+            part.check(cases)
 
     def score(self, model, case: Record, reference: Any = None):
         metrics, references = {}, []
@@ -111,6 +149,6 @@ def suite_for(cases: list[Record]) -> str:
     return cases[0].format if cases and cases[0].format in _SUITES else "counterfact"
 
 
-from . import counterfact, known, robustness, zsre  # noqa: E402,F401  (each registers itself)
+from . import counterfact, known, portability, robustness, zsre  # noqa: E402,F401  (each registers itself)
 
 __all__ = ["Combined", "DATA_ENV", "Suite", "get_suite", "register_suite", "suite_for", "suite_names"]

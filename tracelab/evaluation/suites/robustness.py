@@ -23,7 +23,7 @@ import re
 
 from ...editing.requests import Request
 from ..metrics import score_targets
-from ..records import Record
+from ..records import Record, as_question
 from . import Suite, register_suite
 
 UNRELATED = ("The recipe calls for two cups of flour, a pinch of salt and three eggs, beaten until the mixture "
@@ -53,17 +53,12 @@ def typo(subject: str) -> str:
     return subject[:start] + swapped + subject[start + len(longest):]
 
 
-def question(text: str) -> str:
-    asked = text if text.rstrip().endswith("?") else f"{text.rstrip()} what?"
-    return f"Question: {asked}\nAnswer:"
-
-
 def variants(request: Request) -> dict[str, str]:
     """The edit's prompt asked each of the suite's ways (see the module doc)."""
     text = request.text
     return {"plain": text, "long_prefix": UNRELATED + text,
             "typo": request.prompt.replace("{}", typo(request.subject)), "doubting": DOUBT + text,
-            "question": question(text)}
+            "question": as_question(text)}
 
 
 @register_suite
