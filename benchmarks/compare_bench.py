@@ -2,6 +2,11 @@
 
     $ python benchmarks/compare_bench.py                        # every method, 10 known records each
     $ python benchmarks/compare_bench.py --methods rome,grace --n 20
+    $ python benchmarks/compare_bench.py --records portability --n 20   # the knowledge graph's edits
+
+`--records portability`: the first `--n` counterfactual edits of the shipped knowledge graph
+(`tl.evaluate(model, "portability")`), with the portability column and a table of RippleEdits'
+categories per method; writes benchmarks/results/portability.json and .png.
 
 The first `--n` known records of the CounterFact edit sample (the model's top-1 answer is the true
 one; edit_bench's records), single edits (edit, score, undo), ROME's efficacy / paraphrase /
@@ -30,7 +35,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--methods", default=None, help="comma-separated (default: every registered method)")
     p.add_argument("--n", type=int, default=10)
-    p.add_argument("--out", default=str(RESULTS))
+    p.add_argument("--records", default="known", choices=["known", "portability"])
+    p.add_argument("--out", default=None, help="default: results/compare.json (known) or portability.json")
     args = p.parse_args()
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
     os.environ.setdefault("TRACELAB_DATA", str(ROOT.parent / "shared" / "data"))
@@ -38,15 +44,35 @@ def main() -> None:
     from tracelab.viz.export import save_figure
 
     model = tl.load_model()
-    known, _ = known_records(model, 10_000)
     methods = args.methods.split(",") if args.methods else None
-    cmp = tl.compare(model, known[:args.n], methods, n=args.n, layer=4, layers=[2, 3, 4, 5, 6], progress=False)
-    cmp.meta.update(records="counterfact-edit-sample.json, the first known records (edit_bench)",
-                    host=host_record(model))
+    if args.records == "known":
+        records, given = known_records(model, 10_000)[0][:args.n], \
+            "counterfact-edit-sample.json, the first known records (edit_bench)"
+    else:
+        records, given = "portability", "the knowledge graph's edits (tracelab/data/graph.json)"
+    out = args.out or str(RESULTS.with_name("compare.json" if args.records == "known" else "portability.json"))
+    cmp = tl.compare(model, records, methods, n=args.n, layer=4, layers=[2, 3, 4, 5, 6], progress=False)
+    cmp.meta.update(records=given, host=host_record(model))
     print(cmp.table())
-    cmp.save(args.out)
-    save_figure(cmp.figure(), Path(args.out).with_suffix(".png"))
-    print(f"wrote {args.out}")
+    if args.records == "portability":
+        print(category_table(cmp))
+    cmp.save(out)
+    save_figure(cmp.figure(), Path(out).with_suffix(".png"))
+    print(f"wrote {out}")
+
+
+def category_table(cmp) -> str:
+    """Per method: the share of kept probes given, per RippleEdits category (after the edit, %)."""
+    from tracelab.evaluation.graph import CATEGORIES
+
+    seen = [c for c in CATEGORIES if any(f"port.{c}" in m.get("post", {}) for m in cmp.methods.values())]
+    lines = [f"{'method':<14}" + "".join(f"{c[:16]:>18}" for c in seen)]
+    for name, m in cmp.methods.items():
+        post = m.get("post")
+        if post:
+            lines.append(f"{name:<14}" + "".join(f"{post[f'port.{c}']:18.1f}" if f"port.{c}" in post else f"{'–':>18}"
+                                                 for c in seen))
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

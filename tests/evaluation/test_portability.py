@@ -207,3 +207,22 @@ def test_the_embedded_model_knows_what_the_graph_ships_and_an_edit_is_probed(emb
     res = tl.evaluate(model, "portability", "ft-m", limit=2, layer=4, progress=False)
     assert res.meta["totals"]["port.dropped"] == 0 and res.meta["totals"]["port.kept"] >= 2
     assert res.summary["post"]["portability"] is not None and len(journal(model)) == 0
+
+
+def test_unedited_scores_given_to_the_runner_must_be_one_per_case():
+    model = tiny_model("llama")
+    records = graph_records(limit=2)
+    with pytest.raises(ValueError, match="got 1 for 2 cases"):
+        tl.evaluate(model, records, "grace", suite="portability", layer=1, unedited=[({}, None)], progress=False)
+
+
+def test_reference_consistency_is_higher_for_text_about_the_new_answer():
+    from tracelab.evaluation.consistency import reference_score, reference_texts
+
+    g = knowledge_graph()
+    rome = reference_texts(g)["Rome"]
+    assert "The capital of Italy is Rome." in rome and "The Colosseum is located in the city of Rome." in rome
+    about = reference_score(["Rome is in Italy. The Colosseum and the Trevi Fountain are in Rome."], "Rome")
+    other = reference_score(["Tokyo is in Japan, where people speak Japanese and pay in yen."], "Rome")
+    assert 0 <= other < about <= 1
+    assert reference_score(["anything"], "Atlantis") is None

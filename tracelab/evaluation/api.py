@@ -45,7 +45,7 @@ def evaluate(
     intervention: str | Edit | Callable[[], ContextManager] | None = None, *, method: str | None = None,
     suite: str | Suite | None = None, mode: str | None = None, checkpoints: Sequence[int] = CHECKPOINTS,
     batch_size: int = 1, at_checkpoint: Callable[[Model], dict] | None = None, limit: int | None = None,
-    generation: bool = False, progress: bool = True,
+    generation: bool = False, progress: bool = True, unedited: Sequence[tuple[dict, Any]] | None = None,
     **edit_kwargs: Any,
 ) -> EvalResult:
     """Score `records` before and after `intervention`.
@@ -63,7 +63,8 @@ def evaluate(
     for more figures at each checkpoint, e.g. a held-out perplexity), an applied `Edit`
     (before = the journal's unedited model), or a callable returning a context manager during
     which the intervention is active. `suite`: how cases are scored (default: from the records'
-    format; `generation=True` adds CounterFact's fluency). `edit_kwargs` go to `tracelab.edit`.
+    format; `generation=True` adds CounterFact's fluency). `unedited`: the cases' scores on the
+    unedited model, when several methods share them (see `runner.run`). `edit_kwargs` go to `tracelab.edit`.
     The model's weights are the same afterwards.
     """
     user_object, model = model, as_model(model)  # a Model, transformers model, TransformerBridge or nnsight model
@@ -88,4 +89,4 @@ def evaluate(
         raise ValueError("no records to evaluate")
     chosen = given or get_suite(suite_for(cases), generation=generation)
     return run(model, chosen, cases, intervention, mode=mode, checkpoints=checkpoints, batch_size=batch_size,
-               at_checkpoint=at_checkpoint, edit_kwargs=edit_kwargs, progress=progress)
+               at_checkpoint=at_checkpoint, edit_kwargs=edit_kwargs, progress=progress, unedited=unedited)

@@ -13,6 +13,8 @@ suite, in one `tl.evaluate` per method. Columns:
     efficacy, paraphrase, neighbourhood   ROME's scores after the edit (%)
     portability                           share of the kept ripple / multi-hop probes that follow the edit (%)
     fluency                               n-gram entropy of generations after (bits; before: `fluency_before`)
+    consistency                           TF-IDF cosine of those generations with text about the new answer
+                                          (from the knowledge graph; `evaluation.consistency`)
     robustness                            share of the four rephrasings that still give the new answer (%)
     s/edit, parameters                    median seconds per edit, median numbers changed or added per edit
 
@@ -40,9 +42,11 @@ from .api import evaluate, read_cases
 from .suites import get_suite
 from .suites.robustness import WAYS
 
-COLUMNS = ("efficacy", "paraphrase", "neighbourhood", "portability", "fluency", "robustness", "s/edit", "parameters")
+COLUMNS = ("efficacy", "paraphrase", "neighbourhood", "portability", "fluency", "consistency", "robustness",
+           "s/edit", "parameters")
 SCORES = {"efficacy": "rome.efficacy_score", "paraphrase": "rome.paraphrase_score",
-          "neighbourhood": "rome.neighborhood_score", "portability": "portability", "fluency": "rome.generation_entropy"}
+          "neighbourhood": "rome.neighborhood_score", "portability": "portability", "fluency": "rome.generation_entropy",
+          "consistency": "rome.reference_score"}
 
 
 @dataclass
@@ -149,6 +153,7 @@ def compare(model: Model, records: Any = "counterfact", methods: Sequence[str] |
                          f"answer against the true one, and record(s) {lacking[:5]} have no true answer (CounterFact's "
                          "`ground_truth` / `target_true`, zsRE's `answers`)")
     t0 = time.perf_counter()
+    scored = [suite.score(model, c) for c in cases]  # the unedited model, once for every method
     rows, ran, unedited = {}, {}, None
     for name in names:
         kwargs = {**edit_kwargs_for(name, layer, layers), **edit_kwargs}
@@ -158,7 +163,7 @@ def compare(model: Model, records: Any = "counterfact", methods: Sequence[str] |
         try:
             ran[name]["prepared"] = prepare(model, name, kwargs)
             res = evaluate(model, cases, name, suite=suite, mode=mode, generation=generation,
-                           progress=progress, checkpoints=(n,), **kwargs)
+                           progress=progress, checkpoints=(n,), unedited=scored, **kwargs)
         except (ValueError, TypeError, FileNotFoundError) as e:  # e.g. a learned editor with no checkpoint
             ran[name]["error"] = f"{type(e).__name__}: {e}"
             continue

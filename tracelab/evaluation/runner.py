@@ -74,12 +74,19 @@ def _scored_in(context: Callable[[], ContextManager], fn):
 def run(model: Model, suite: Suite, cases: Sequence[Record], intervention: Any = None, *,
         mode: str | None = None, checkpoints: Sequence[int] = CHECKPOINTS, batch_size: int = 1,
         at_checkpoint: Callable[[Model], dict] | None = None, edit_kwargs: dict | None = None,
-        progress: bool = True) -> EvalResult:
+        progress: bool = True, unedited: Sequence[tuple[dict, Any]] | None = None) -> EvalResult:
     """Score `cases` with `suite` before and after `intervention`; see the module doc. The model
     is as it was afterwards (every edit made here is undone). `at_checkpoint(model) -> dict`
-    (sequential mode): more figures at each checkpoint and before the first edit (perplexity)."""
+    (sequential mode): more figures at each checkpoint and before the first edit (perplexity).
+    `unedited`: the cases' `suite.score` on this model unedited, made once for many methods
+    (`compare`); by default they are scored here."""
     mode = check_mode(suite, intervention, mode)
     suite.check(list(cases))
+    if mode == "sequential" and (not isinstance(batch_size, int) or batch_size < 1):
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    if unedited is not None and (len(unedited) != len(cases) or not isinstance(intervention, str)):
+        raise ValueError(f"unedited scores are for an editing method's cases: got {len(unedited)} for {len(cases)} cases")
+    before_edit = (lambda i, c: unedited[i]) if unedited is not None else (lambda i, c: suite.score(model, c))
     edit_kwargs = dict(edit_kwargs or {})
     t0 = time.perf_counter()
     label = intervention if isinstance(intervention, str) else type(intervention).__name__ if intervention else "model"
@@ -96,8 +103,8 @@ def run(model: Model, suite: Suite, cases: Sequence[Record], intervention: Any =
             rows.append(_row(c, pre, _scored_in(active, lambda: suite.score(model, c, ref)[0])))
     elif mode == "single":
         rows = []
-        for c in bar:
-            pre, ref = suite.score(model, c)
+        for i, c in enumerate(bar):
+            pre, ref = before_edit(i, c)
             try:
                 made = edit_all(model, c.requests, intervention, edit_kwargs)
             except EditRefused as refused:  # nothing changed: scored as the model is
@@ -113,7 +120,7 @@ def run(model: Model, suite: Suite, cases: Sequence[Record], intervention: Any =
                 for e in reversed(made):
                     e.undo()
     elif mode == "batch":
-        pres = [suite.score(model, c) for c in bar]
+        pres = [before_edit(i, c) for i, c in enumerate(bar)]
         e = do_edit(model, [r for c in cases for r in c.requests], method=intervention, progress=progress, **edit_kwargs)
         try:
             rows = [_row(c, pre, suite.score(model, c, ref)[0]) for c, (pre, ref) in zip(cases, pres)]
@@ -122,7 +129,7 @@ def run(model: Model, suite: Suite, cases: Sequence[Record], intervention: Any =
         meta["edit_seconds"] = e.info.get("total_seconds")
     else:
         rows, meta = _sequential(model, suite, cases, intervention, checkpoints, batch_size, at_checkpoint,
-                                 edit_kwargs, bar)
+                                 edit_kwargs, [before_edit(i, c) for i, c in enumerate(bar)])
     if suite.counts:  # e.g. the probes a suite dropped because the unedited model did not know them
         meta["totals"] = {name: sum(r["pre"].get(name) or 0 for r in rows) for name in suite.counts}
     return EvalResult(rows, {"model": model.name, "suite": suite.name, "intervention": label, "mode": mode,
@@ -147,14 +154,11 @@ def edit_all(model: Model, requests: list, method: str, edit_kwargs: dict) -> li
     return made
 
 
-def _sequential(model, suite, cases, method, checkpoints, batch_size, at_checkpoint, edit_kwargs, bar):
+def _sequential(model, suite, cases, method, checkpoints, batch_size, at_checkpoint, edit_kwargs, pres):
     """Edits applied one batch after another, no undo in between; every case edited so far is
     scored at each checkpoint. Returns `(rows, meta)`; rows' `post` is at the last checkpoint."""
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     n = len(cases)
     at = sorted({c for c in checkpoints if isinstance(c, int) and 0 < c < n} | {n})
-    pres = [suite.score(model, c) for c in bar]
     edits, summaries, posts, seconds, sizes, refusals = [], {}, [], [], [], []
     health = at_checkpoint or (lambda model: {})
     before = health(model)

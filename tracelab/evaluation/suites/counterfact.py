@@ -6,7 +6,9 @@
 - `rome.*`: the new answer against the true one (mean per-token NLL of each) on the edit prompt
   (efficacy), its paraphrases and its neighbourhood prompts (which should keep the true answer);
   scores are shares, magnitudes differences of probabilities. `rome.generation_entropy` (with
-  `generation=True`): ROME's fluency, n-gram entropy of greedy generations.
+  `generation=True`): ROME's fluency, n-gram entropy of greedy generations; `rome.reference_score`:
+  ROME's consistency, TF-IDF cosine of those generations with text about the new answer (written
+  from the knowledge graph, `evaluation.consistency`; None when the graph has none).
 - `easyedit.*`: teacher-forced token accuracy of the new answer on the prompt (reliability) and
   the paraphrases (generality); locality is the agreement of the neighbour prompts' argmax tokens
   with the unedited model's (the reference).
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 from statistics import mean
 
+from ..consistency import reference_score
 from ..metrics import generate, n_gram_entropy, score_targets
 from ..records import Record
 from . import Suite, register_suite
@@ -62,6 +65,7 @@ def score_record(model, record: Record, reference: list[list[int]] | None = None
     if generation:
         texts = generate(model, record.generation_prompts or [r.text])
         m["rome.generation_entropy"] = mean(n_gram_entropy(t) for t in texts)
+        m["rome.reference_score"] = reference_score(texts, new)
     return m, nb_argmax
 
 
