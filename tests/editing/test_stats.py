@@ -127,3 +127,35 @@ def test_wordnet_corpus_reaches_named_entities_early():
     """The files are sorted by topic; shuffled, the first ~100k tokens already hold people and places."""
     head = " ".join(t for t, _ in zip(corpus("wordnet").texts(), range(500)))  # ~4,000 glosses
     assert sum(city in head for city in (" city ", "capital of", " port ", "French", "American")) >= 4
+
+
+def test_the_unedited_weights_hash_looks_through_edits_without_taking_them_out(monkeypatch):
+    import tracelab as tl
+    from tracelab.editing import FTLParams, journal
+    from tracelab.editing.journal import Journal
+    from tracelab.editing.toolkit.stats import weights_hash, weights_hashes
+
+    model = tiny_model("llama")
+    base = [weights_hash(model, l) for l in range(3)]
+    edits = [tl.edit(model, subject=s, prompt="{} is in", target=t, method="ft-l", layer=1,
+                     params=FTLParams(steps=2), progress=False) for s, t in [("Paris", "Rome"), ("Oslo", "Lima")]]
+    assert weights_hash(model, 0) == base[0] and weights_hash(model, 1) != _plain_hash(model, 1)
+
+    def no_suspension(self):
+        raise AssertionError("the hash took the journal's edits out")
+    monkeypatch.setattr(Journal, "suspended", no_suspension)
+    assert [weights_hash(model, l) for l in range(3)] == base  # cost independent of the edits in the journal
+    assert weights_hashes(model, [2, 0, 1]) == dict(enumerate(base))  # one pass for several layers
+    monkeypatch.undo()
+    for e in reversed(edits):
+        e.undo()
+    assert len(journal(model)) == 0 and [weights_hash(model, l) for l in range(3)] == base
+
+
+def _plain_hash(model, layer):
+    """The hash of the weights as they are now (edits included)."""
+    from tracelab.editing.toolkit.stats import _digests, _hashed_parameters
+    from tracelab.io import tensor_hash
+
+    embed, blocks = _hashed_parameters(model, layer)
+    return _digests(embed, blocks, [layer], tensor_hash)[layer]

@@ -25,7 +25,7 @@ from .transaction import transaction
 from .methods import DEFAULT
 from .registry import Context, Method, get, names
 from .requests import Request, as_requests, check_conflicts
-from .toolkit.stats import DEFAULT_TOKENS, KeyStats, key_stats
+from .toolkit.stats import DEFAULT_TOKENS, KeyStats, check_stats, key_stats
 from .toolkit.values import says_target as already_says
 
 
@@ -77,8 +77,7 @@ def _stats(model: Model, layers: list[int], stats, corpus, stats_tokens: int, pr
     missing = [l for l in layers if l not in stats]
     if missing:
         raise ValueError(f"stats given for layers {sorted(stats)} but the edit needs {missing}")
-    for l in layers:
-        stats[l].check(model)
+    check_stats(model, stats, layers)
     return dict(stats)
 
 

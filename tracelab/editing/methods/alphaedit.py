@@ -32,7 +32,7 @@ from ..changes import Change, ParamDelta
 from ..transaction import Transaction
 from ..registry import Context, Method, register
 from ..requests import Request
-from ..toolkit.stats import KeyStats
+from ..toolkit.stats import KeyStats, check_stats
 from ..toolkit.values import ValueParams
 from .memit import MemitParams, Solver, spread_update
 
@@ -119,8 +119,7 @@ def alphaedit_deltas(model: Model, requests: Sequence[Request], layers: Sequence
     """AlphaEdit for `requests` over `layers`, applied through `tx`; returns `(changes, info)`.
     `past_keys {layer: [n_past, d_mlp]}`: keys of earlier edits to protect (see `Journal.state`)."""
     hp = params or AlphaEditParams()
-    for l in layers:
-        stats[l].check(model)
+    check_stats(model, stats, layers)
     ranks: dict[int, int] = {}
     null_energy = None if hp.threshold is not None else hp.null_energy
     solver = alphaedit_solver(stats, past_keys or {}, null_energy, hp.threshold, hp.alpha, ranks)

@@ -27,7 +27,7 @@ from ..registry import Context, Method, register
 from ..requests import Request
 from ..toolkit.keys import context_templates, subject_keys, subject_values
 from ..toolkit.linalg import solve
-from ..toolkit.stats import KeyStats
+from ..toolkit.stats import KeyStats, check_stats
 from ..toolkit.values import ValueParams, optimise_values
 
 Solver = Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor]  # (layer, K [d_mlp, n], R [d_model, n]) → ΔW
@@ -95,8 +95,7 @@ def memit_deltas(model: Model, requests: Sequence[Request], layers: Sequence[int
         ...     memit_deltas(model, reqs, [3, 4, 5], key_stats(model, [3, 4, 5]), tx=tx)
     """
     hp = params or MemitParams()
-    for l in layers:
-        stats[l].check(model)
+    check_stats(model, stats, layers)
     return spread_update(model, requests, layers, memit_solver(stats, hp.mom2_weight), hp,
                          tx or Transaction(model), progress)
 

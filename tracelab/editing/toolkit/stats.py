@@ -31,7 +31,7 @@ import itertools
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -69,9 +69,10 @@ class KeyStats:
     count: int
     provenance: dict[str, Any]
 
-    def check(self, model: Model) -> None:
-        """ValueError if these statistics are not of `model`'s (unedited) weights at `self.layer`."""
-        want = provenance(model, self.layer, None, self.moment.dtype)
+    def check(self, model: Model, weights: str | None = None) -> None:
+        """ValueError if these statistics are not of `model`'s (unedited) weights at `self.layer`
+        (`weights`: their `weights_hash`, when already computed)."""
+        want = provenance(model, self.layer, None, self.moment.dtype, weights=weights)
         for key in ("model", "weights"):
             if self.provenance.get(key) != want[key]:
                 raise ValueError(
@@ -94,27 +95,74 @@ def weights_hash(model: Model, layer: int) -> str:
     """Hash of every weight that `mlp_key(layer)` depends on: the embedding and blocks 0..layer,
     as they are in the unedited model (edits in the journal are looked through). Each block's
     weights are hashed as a set of storages, without names, so that a wrapper that renames
-    modules or adds views of them (a TransformerLens bridge's q/k/v of GPT-2's c_attn) keeps it."""
+    modules or adds views of them (a TransformerLens bridge's q/k/v of GPT-2's c_attn) keeps it.
+
+    A weight the journal changed is hashed as its first change found it (`ParamDelta.hash_before`),
+    so the cost does not grow with the edits in the journal; only where a change covers part of a
+    hashed storage are the edits taken out (`journal.suspended`) to hash it."""
+    return weights_hashes(model, [layer])[layer]
+
+
+def weights_hashes(model: Model, layers: Iterable[int]) -> dict[int, str]:
+    """`weights_hash` of each of `layers`, in one pass (each block hashed once)."""
+    from ..changes import ParamDelta
     from ..journal import journal
 
-    digest = hashlib.sha256()
-    with torch.no_grad(), journal(model).suspended():
-        digest.update(tensor_hash(model.hf.get_submodule(model.arch.embed).weight).encode())
-        for l in range(layer + 1):
-            whole = {}  # storage → the parameter that covers most of it
-            for p in model.layer(l).parameters():
-                key = p.untyped_storage().data_ptr()
-                if key not in whole or p.numel() > whole[key].numel():
-                    whole[key] = p
-            for h in sorted(f"{tuple(p.shape)}{tensor_hash(p)}" for p in whole.values()):
-                digest.update(h.encode())
-    return digest.hexdigest()[:16]
+    layers = sorted(set(layers))
+    unedited: dict[tuple, str] = {}  # tensor → its hash before the journal's first change to it
+    for e in journal(model).edits:
+        for c in e.changes:
+            if isinstance(c, ParamDelta):
+                unedited.setdefault(_tensor_key(model.parameter(c.name)), c.hash_before)
+    with torch.no_grad():
+        embed, blocks = _hashed_parameters(model, layers[-1])
+        keys = {_tensor_key(p) for p in [embed, *(p for block in blocks for p in block)]}
+        storages = {k[0] for k in keys}
+        if all(k in keys or k[0] not in storages for k in unedited):
+            return _digests(embed, blocks, layers, lambda p: unedited.get(_tensor_key(p)) or tensor_hash(p))
+        with journal(model).suspended():
+            return _digests(embed, blocks, layers, tensor_hash)
+
+
+def _tensor_key(t: torch.Tensor) -> tuple:
+    return t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape)
+
+
+def _hashed_parameters(model: Model, layer: int) -> tuple[torch.Tensor, list[list[torch.Tensor]]]:
+    """The embedding, and per block 0..layer the parameter that covers most of each storage."""
+    blocks = []
+    for l in range(layer + 1):
+        whole = {}  # storage → the parameter that covers most of it
+        for p in model.layer(l).parameters():
+            key = p.untyped_storage().data_ptr()
+            if key not in whole or p.numel() > whole[key].numel():
+                whole[key] = p
+        blocks.append(list(whole.values()))
+    return model.hf.get_submodule(model.arch.embed).weight, blocks
+
+
+def _digests(embed, blocks, layers: list[int], hash_of) -> dict[int, str]:
+    digest, out = hashlib.sha256(hash_of(embed).encode()), {}
+    for l, block in enumerate(blocks):
+        for h in sorted(f"{tuple(p.shape)}{hash_of(p)}" for p in block):
+            digest.update(h.encode())
+        if l in layers:
+            out[l] = digest.copy().hexdigest()[:16]
+    return out
+
+
+def check_stats(model: Model, stats: Mapping[int, KeyStats], layers: Iterable[int]) -> None:
+    """`KeyStats.check` for each of `layers`, hashing the weights once for all of them."""
+    layers = list(layers)
+    hashes = weights_hashes(model, layers)
+    for l in layers:
+        stats[l].check(model, hashes[l])
 
 
 def provenance(model: Model, layer: int, corpus: Corpus | None, dtype: torch.dtype, max_len: int = 128,
-               forward_dtype: torch.dtype | None = None) -> dict:
+               forward_dtype: torch.dtype | None = None, weights: str | None = None) -> dict:
     return {
-        "model": model.name, "weights": weights_hash(model, layer), "layer": layer, "dtype": str(dtype),
+        "model": model.name, "weights": weights or weights_hash(model, layer), "layer": layer, "dtype": str(dtype),
         "corpus": corpus.id if corpus else None, "revision": corpus.revision if corpus else None,
         "max_len": max_len, "forward": str(forward_dtype or model.dtype),
     }
@@ -129,10 +177,10 @@ def _path(model: Model, c: Corpus, layer: int, dtype: torch.dtype, forward: torc
 class _Run:
     """The running sum of one layer: its cache file, provenance and progress."""
 
-    def __init__(self, model, c, layer, dtype, max_len, use_cache, forward_dtype):
+    def __init__(self, model, c, layer, dtype, max_len, use_cache, forward_dtype, weights=None):
         forward_dtype = forward_dtype or model.dtype
         self.layer, self.path, self.use_cache = layer, _path(model, c, layer, dtype, forward_dtype), use_cache
-        self.prov = provenance(model, layer, c, dtype, max_len, forward_dtype)
+        self.prov = provenance(model, layer, c, dtype, max_len, forward_dtype, weights)
         self.sum = torch.zeros(model.d_mlp, model.d_mlp, dtype=dtype, device=model.device)
         self.count, self.docs, self.exhausted = 0, 0, False
         if use_cache and self.path.with_suffix(".json").exists():
@@ -204,7 +252,8 @@ def key_stats(
         raise ValueError(f"tokens must be a positive int, got {tokens!r}")
     c = get_corpus(corpus)
     forward_dtype = None if forward_dtype == model.dtype else forward_dtype
-    runs = {l: _Run(model, c, l, dtype, max_len, cache, forward_dtype) for l in dict.fromkeys(layer_list)}
+    hashes = weights_hashes(model, layer_list)
+    runs = {l: _Run(model, c, l, dtype, max_len, cache, forward_dtype, hashes[l]) for l in dict.fromkeys(layer_list)}
     todo = [r for r in runs.values() if r.count < tokens and not r.exhausted]
     # runs that stopped at different places resume separately (usually there is one group)
     for docs, group in itertools.groupby(sorted(todo, key=lambda r: r.docs), key=lambda r: r.docs):
