@@ -229,3 +229,13 @@ def test_t_patchers_memory_set_is_read_again_when_a_weight_below_it_changes():
     finally:
         with torch.no_grad():
             weight.sub_(0.5)
+
+
+def test_t_patchers_default_memory_set_leaves_out_the_training_prompts_about_the_edit(shared_data):
+    from tracelab.editing.methods.tpatcher import memory_texts
+
+    train = [r["prompt"] for r in json.loads((shared_data / "counterfact-train.json").read_text())]
+    subject = next(t.split(" ")[0] for t in train[:200] if t.split(" ")[0].istitle() and len(t.split(" ")[0]) > 4)
+    texts = memory_texts(200, [Request(subject, "{} is", "Paris")])
+    assert len(texts) == 200 and not any(subject in t for t in texts)
+    assert texts[:5] == [t for t in train if subject not in t][:5]

@@ -27,6 +27,7 @@ so the model is unchanged until training moves them.
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from dataclasses import asdict, dataclass
@@ -102,11 +103,14 @@ class PatchNeurons(PatchModule):
 
 
 def memory_texts(memory: int | str, requests: list[Request]) -> list[str]:
-    """The memory set's prompts: the first `memory` prompts of the CounterFact training split (or a
-    JSON list of texts); ValueError if one of them is an edit's prompt or names its subject."""
+    """The memory set's prompts: the first `memory` prompts of the CounterFact training split that
+    are not an edit's prompt and do not name its subject (a given JSON list of texts that does is
+    refused: ValueError)."""
     if isinstance(memory, int):
         source = shared_data("counterfact-train.json")
-        texts = [r["prompt"] for r in json.loads(source.read_text())[:memory]]
+        unrelated = (r["prompt"] for r in json.loads(source.read_text())
+                     if not any(r["prompt"] == q.text or q.subject in r["prompt"] for q in requests))
+        return list(itertools.islice(unrelated, memory))
     else:
         texts = json.loads(Path(memory).read_text())
         if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
