@@ -101,6 +101,8 @@ def test_an_edit_of_a_graph_fact_gives_probes_that_follow_the_new_object():
     assert capital[("subject_aliasing", "The capital of the French Republic is")].answers == ("Rome",)
     kept = capital[("relation_specificity", "The currency of France is the")]
     assert kept.answers == kept.before == ("euro",)
+    moved = g.probes("Paris", "P17", "Italy")  # Paris in Italy: "Paris is the capital of" France is no longer a fact
+    assert not any(p.category == "relation_specificity" for p in moved)
     with pytest.raises(ValueError, match="no fact"):
         g.probes("the Eiffel Tower", "P36", "Rome")
     with pytest.raises(ValueError, match="unknown probe category"):
