@@ -37,6 +37,7 @@ def main() -> None:
     p.add_argument("--n", type=int, default=10)
     p.add_argument("--records", default="known", choices=["known", "portability"])
     p.add_argument("--out", default=None, help="default: results/compare.json (known) or portability.json")
+    p.add_argument("--merge", action="store_true", help="replace only these methods' rows in the existing results")
     args = p.parse_args()
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
     os.environ.setdefault("TRACELAB_DATA", str(ROOT.parent / "shared" / "data"))
@@ -53,6 +54,15 @@ def main() -> None:
     out = args.out or str(RESULTS.with_name("compare.json" if args.records == "known" else "portability.json"))
     cmp = tl.compare(model, records, methods, n=args.n, layer=4, layers=[2, 3, 4, 5, 6], progress=False)
     cmp.meta.update(records=given, host=host_record(model))
+    if args.merge and Path(out).exists():  # e.g. one method rerun after a fix: the others' rows stay
+        from tracelab.evaluation import Comparison
+
+        old = Comparison.load(out)
+        old.rows.update(cmp.rows)
+        old.methods.update(cmp.methods)
+        old.meta.setdefault("merged", []).append({"methods": list(cmp.methods), "seconds": cmp.meta["seconds"],
+                                                  "host": cmp.meta["host"]})
+        cmp = old
     print(cmp.table())
     if args.records == "portability":
         print(category_table(cmp))
