@@ -54,8 +54,8 @@ def main() -> None:
     seconds = time.perf_counter() - t
     fig = figure_average(average)
     how = f"top {args.screen} cells per kind exact, the rest estimated" if args.screen else "every cell exact"
-    fig.update_layout(title=f"{model.name}: average indirect effect over the {average.n_facts} facts of known_1000 "
-                            f"it knows ({args.samples} noise samples; {how})")
+    short = f"top {args.screen} cells exact" if args.screen else "all cells exact"  # fits the column's width
+    fig.update_layout(title=f"{average.n_facts} known facts, {args.samples} samples, {short}")
     paths = export_figures({"average_known": fig}, args.out)
     last_subject = TOKEN_CLASSES.index("last_subject")
     peaks = {kind: int(average.mean(kind)[last_subject].nan_to_num(-1).argmax()) for kind in average.curves}

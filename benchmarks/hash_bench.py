@@ -21,6 +21,8 @@ from edit_bench import ROOT
 from host import host_record
 
 LAYERS = [2, 3, 4, 5, 6]
+CITIES = ["Rome", "Paris", "Tokyo", "Cairo", "Lima", "Oslo", "Berlin", "Madrid", "Vienna", "Dublin", "Athens", "Seoul",
+          "Moscow", "Warsaw", "Lisbon", "Prague", "Havana", "Nairobi", "Ottawa", "Bangkok"]  # 20 edits, none a no-op
 
 
 def main() -> None:
@@ -57,8 +59,9 @@ def main() -> None:
             print(f"{k:>2} edits in the journal: before {before:.3f} s, after {after:.3f} s "
                   f"({before / after:.1f}x), same hashes: {old == new}")
         if k < 20:
-            edits.append(tl.edit(model, subject=f"Town{k}", prompt="{} is in", target="Rome", method="ft-l", layer=4,
-                                 params=FTLParams(steps=1), progress=False))
+            edits.append(tl.edit(model, subject=f"Town{k}", prompt="{} is in", target=CITIES[k], method="ft-l",
+                                 layer=4, params=FTLParams(steps=1), progress=False))
+    assert len(edits) == 20 and all(e.changes for e in edits)
     for e in reversed(edits):
         e.undo()
     out = ROOT / "benchmarks" / "results" / "hash.json"
