@@ -18,6 +18,7 @@ from tracelab.viz.story import eiffel
 
 FIGURES = Path(__file__).resolve().parents[2] / "figures"
 NAMES = ("trace", "average", "edit", "steering")
+BENCHMARKED = ("average_known",)  # benchmarks/figure2.py: Figure 2 over known_1000, in the same style
 EIFFEL = eiffel()
 
 
@@ -85,10 +86,11 @@ def test_export_writes_every_format_at_column_width(tmp_path):
 
 
 def test_committed_figures_match_the_current_style():
-    """figures/ holds what `tracelab figures` writes today (regenerate with `make figures`)."""
+    """figures/ holds what `tracelab figures` writes today (regenerate with `make figures`) and the
+    benchmark's Figure 2, all in the paper style."""
     assert sorted(p.name for p in FIGURES.iterdir() if not p.name.startswith(".")) == \
-        sorted(f"{n}.{f}" for n in NAMES for f in paper.FORMATS)
-    for name in NAMES:
+        sorted(f"{n}.{f}" for n in NAMES + BENCHMARKED for f in paper.FORMATS)
+    for name in NAMES + BENCHMARKED:
         assert _png_size(FIGURES / f"{name}.png")[0] == paper.WIDTH * paper.PNG_SCALE
         assert abs(_pdf_width_pt(FIGURES / f"{name}.pdf") - paper.WIDTH * 0.75) < 1
         assert re.search(rf'<svg[^>]*width="{paper.WIDTH}"', (FIGURES / f"{name}.svg").read_text())
