@@ -153,11 +153,11 @@ def test_rippleedits_records_in_their_release_format_and_easyedits():
 def _known_pair(model) -> tuple[str, str]:
     """A prompt and a one-word answer the (random) model gives: its greedy next token, where that
     token is a word of its own."""
-    from tracelab.data.build_graph import gives
+    from tracelab.evaluation.metrics import gives
 
     for prompt in ["The city of Paris is", "A river runs through", "My favourite colour is", "The cat sat on the"]:
         token = model.tokenizer.decode([int(model.next_token_logits(prompt)[0].argmax())])
-        if token.startswith(" ") and token.strip().isalpha() and gives(model, [(prompt, token.strip())])[0]:
+        if token.startswith(" ") and token.strip().isalpha() and gives(model, [(prompt, (token.strip(),))])[0]:
             return prompt, token.strip()
     raise AssertionError("the tiny model gives no one-word answer to any test prompt")
 
@@ -200,12 +200,12 @@ def test_a_case_of_several_rewrites_is_edited_whole_and_undone_whole():
 @pytest.mark.slow
 def test_the_embedded_model_knows_what_the_graph_ships_and_an_edit_is_probed(embedded_clean):
     model, g = embedded_clean, knowledge_graph()
-    from tracelab.data.build_graph import gives
     from tracelab.evaluation.graph import RELATIONS, fill
+    from tracelab.evaluation.metrics import gives
 
     facts = sorted(g.facts.items())[::5]
-    assert all(gives(model, [(fill(RELATIONS[r].template, s), o) for (s, r), o in facts]))
-    assert all(gives(model, [(chain_prompt(h, rs), g.path(h, rs)[-1]) for h, rs in g.chains]))
+    assert all(gives(model, [(fill(RELATIONS[r].template, s), (o,)) for (s, r), o in facts]))
+    assert all(gives(model, [(chain_prompt(h, rs), (g.path(h, rs)[-1],)) for h, rs in g.chains]))
     res = tl.evaluate(model, "portability", "ft-m", limit=2, layer=4, progress=False)
     assert res.meta["totals"]["port.dropped"] == 0 and res.meta["totals"]["port.kept"] >= 2
     assert res.summary["post"]["portability"] is not None and len(journal(model)) == 0

@@ -134,32 +134,23 @@ def candidates() -> tuple[dict[tuple[str, str], str], dict[str, str]]:
     return facts, types
 
 
-def gives(model, pairs: list[tuple[str, str]]) -> list[bool]:
-    """Whether the model gives each `(prompt, answer)`: every answer token its greedy choice."""
-    from ..evaluation.metrics import score_targets
-
-    if not pairs:
-        return []
-    scores = score_targets(model, [p for p, _ in pairs], [a for _, a in pairs])
-    return [a == 1.0 for a in scores.accuracy]
-
-
 def build(model=None) -> dict:
     """The checked graph as the JSON `graph.json` holds (see the module doc)."""
     from ..evaluation.graph import RELATIONS, KnowledgeGraph, chain_prompt, fill
+    from ..evaluation.metrics import gives
     from ..models import load_model
 
     t0 = time.perf_counter()
     model = model or load_model()
     facts, types = candidates()
     items = sorted(facts.items())
-    known = gives(model, [(fill(RELATIONS[r].template, s), o) for (s, r), o in items])
+    known = gives(model, [(fill(RELATIONS[r].template, s), (o,)) for (s, r), o in items])
     kept = {k: o for (k, o), ok in zip(items, known) if ok}
 
     alias_pairs = [(entity, alias, r, fill(RELATIONS[r].template, alias), o) for entity, names in ALIASES.items()
                    for alias in names for (s, r), o in sorted(kept.items()) if s == entity]
     aliases: dict[str, dict[str, list[str]]] = {}
-    for (entity, alias, r, _, _), ok in zip(alias_pairs, gives(model, [(p, o) for *_, p, o in alias_pairs])):
+    for (entity, alias, r, _, _), ok in zip(alias_pairs, gives(model, [(p, (o,)) for *_, p, o in alias_pairs])):
         if ok:
             aliases.setdefault(entity, {}).setdefault(alias, []).append(r)
 
@@ -171,7 +162,7 @@ def build(model=None) -> dict:
                 path = graph.path(head, relations)
                 if path is not None and len(set(path)) == len(path):  # no chain that comes back
                     chains.append((head, relations, path[-1]))
-    chain_known = gives(model, [(chain_prompt(h, rs), end) for h, rs, end in chains])
+    chain_known = gives(model, [(chain_prompt(h, rs), (end,)) for h, rs, end in chains])
     graph.chains = [(h, rs) for (h, rs, _), ok in zip(chains, chain_known) if ok]
     meta = {"model": model.name, "built": time.strftime("%Y-%m-%d"), "seconds": round(time.perf_counter() - t0, 1),
             "check": "every answer token is the model's greedy choice after the cloze (teacher-forced)",

@@ -56,6 +56,22 @@ def score_targets(model: Model, prompts: Sequence[str], targets: Sequence[str], 
     return out
 
 
+def gives(model: Model, asks: Sequence[tuple[str, Sequence[str]]]) -> list[bool]:
+    """Per `(prompt, answers)`: whether the model gives one of the answers, every token of it the
+    greedy choice after the prompt (teacher-forced, as the model is asked).
+
+        >>> gives(model, [("The Eiffel Tower is in the city of", ("Paris",))])    # [True]
+    """
+    pairs = [(i, p, a) for i, (p, answers) in enumerate(asks) for a in answers]
+    if not pairs:
+        return []
+    accuracy = score_targets(model, [p for _, p, _ in pairs], [a for *_, a in pairs]).accuracy
+    given = [False] * len(asks)
+    for (i, _, _), acc in zip(pairs, accuracy):
+        given[i] = given[i] or acc == 1.0
+    return given
+
+
 def n_gram_entropy(text: str, ns: Sequence[int] = (2, 3), weights: Sequence[float] = (2 / 3, 4 / 3)) -> float:
     """ROME's fluency measure: weighted mean of the entropies (bits) of the n-gram distributions.
 

@@ -29,7 +29,7 @@ from typing import Any
 
 from ...editing.requests import Request
 from ..graph import CATEGORIES, PROPAGATION, RELATIONS, KnowledgeGraph, fill, knowledge_graph
-from ..metrics import score_targets
+from ..metrics import gives
 from ..records import Record
 from . import Suite, register_suite
 
@@ -42,7 +42,7 @@ def graph_records(graph: KnowledgeGraph | None = None, limit: int | None = None)
     for i, e in enumerate(graph.edits()[:limit]):
         rel = RELATIONS[e["relation"]]
         text = fill(rel.template, e["subject"])
-        subject = e["subject"][0].upper() + e["subject"][1:] if rel.template.startswith("{}") else e["subject"]
+        subject = fill("{}", e["subject"]) if rel.template.startswith("{}") else e["subject"]  # as the text has it
         others = [s for s in graph.subjects(e["relation"]) if s != e["subject"]]
         start = i % max(len(others), 1)
         neighbours = [(fill(rel.template, s), graph.object(s, e["relation"])) for s in (others[start:] + others)[:2]]
@@ -62,18 +62,6 @@ def graph_probes(record: Record, graph: KnowledgeGraph) -> list:
         if s.lower().removeprefix("the ") == name and o == r.target_true.strip():
             return graph.probes(s, relation, r.target.strip())
     return []
-
-
-def _gives(model, asks: list[tuple[str, tuple[str, ...]]]) -> list[bool]:
-    """Per (prompt, answers): whether the model gives one of the answers."""
-    pairs = [(i, p, a) for i, (p, answers) in enumerate(asks) for a in answers]
-    if not pairs:
-        return []
-    accuracy = score_targets(model, [p for _, p, _ in pairs], [a for *_, a in pairs]).accuracy
-    given = [False] * len(asks)
-    for (i, _, _), acc in zip(pairs, accuracy):
-        given[i] = given[i] or acc == 1.0
-    return given
 
 
 @register_suite
@@ -107,13 +95,13 @@ class Portability(Suite):
         probes = case.probes
         if reference is None:  # the unedited model: which probes it knows enough to count
             conditions = [c for p in probes for c in p.conditions]
-            known, at = _gives(model, conditions), 0
+            known, at = gives(model, conditions), 0
             reference = []
             for p in probes:
                 reference.append(all(known[at:at + len(p.conditions)]))
                 at += len(p.conditions)
         kept = [p for p, k in zip(probes, reference) if k]
-        given = dict(zip(map(id, kept), _gives(model, [(p.prompt, p.answers) for p in kept])))
+        given = dict(zip(map(id, kept), gives(model, [(p.prompt, p.answers) for p in kept])))
         m: dict[str, float | None] = {"port.kept": float(len(kept)), "port.dropped": float(len(probes) - len(kept))}
         for category in CATEGORIES:
             of = [given[id(p)] for p in kept if p.category == category]
