@@ -231,6 +231,34 @@ def test_t_patchers_memory_set_is_read_again_when_a_weight_below_it_changes():
             weight.sub_(0.5)
 
 
+def test_t_patchers_earlier_edits_are_read_once_and_again_when_a_weight_below_them_changes(monkeypatch):
+    from types import SimpleNamespace
+
+    from tracelab.editing.methods import tpatcher
+    from tracelab.editing.toolkit.answers import target_batch
+
+    model = tiny_model("llama")
+    for r in STREAM[:2]:
+        tl.edit(model, r, method="t-patcher", layer=LAYER, progress=False)
+    ctx, new = SimpleNamespace(journal=journal(model)), STREAM[2]
+    ids, mask, _ = target_batch(model, STREAM[:2])
+    fresh = tpatcher.mlp_input(model, LAYER, ids, mask)[mask.bool()]          # every earlier edit's tokens
+    first = tpatcher.edited_states(model, LAYER, ctx, new)
+    torch.testing.assert_close(first, fresh, atol=1e-5, rtol=0)                # up to the batch's padding
+    forwards = []
+    monkeypatch.setattr(tpatcher, "mlp_input", lambda *a, **k: forwards.append(1) or fresh)
+    assert torch.equal(tpatcher.edited_states(model, LAYER, ctx, new), first) and not forwards  # read once
+    monkeypatch.undo()
+    weight = model.layer(LAYER - 1).mlp.down_proj.weight
+    with torch.no_grad():
+        weight.add_(0.5)                                                      # written in place, outside the journal
+    try:
+        assert not torch.allclose(tpatcher.edited_states(model, LAYER, ctx, new), first)
+    finally:
+        with torch.no_grad():
+            weight.sub_(0.5)
+
+
 def test_t_patchers_default_memory_set_leaves_out_the_training_prompts_about_the_edit(shared_data):
     from tracelab.editing.methods.tpatcher import memory_texts
 

@@ -123,7 +123,8 @@ def memory_texts(memory: int | str, requests: list[Request]) -> list[str]:
     return texts
 
 
-_MEMORY: dict = {}  # (model, layer, texts, what the states depend on) -> [tokens, d]
+_MEMORY: dict = {}  # (what the states depend on, texts, bf16) -> [tokens, d]
+_EDITED: dict = {}  # what the states depend on -> {an earlier edit's request: [tokens, d]}
 
 
 @torch.no_grad()
@@ -157,27 +158,38 @@ def mlp_inputs(model: Model, layer: int, texts: list[str], batch_size: int = 64,
 def edited_states(model: Model, layer: int, ctx: Context, request: Request, batch_size: int = 64) -> torch.Tensor:
     """The MLP inputs of `layer` at every token of the earlier T-Patcher edits' prompt + target at
     this layer `[tokens, d_model]` (the paper's `update_memory`); an earlier edit of the same subject
-    is left out (the new patch overrides it)."""
+    is left out (the new patch overrides it). Each edit's states are computed once while what they
+    depend on stays (a stream's patches sit at `layer`, after these inputs)."""
     earlier = [r for e in ctx.journal.edits if e.method == TPatcher.name and e.layers == [layer] and e.changes
                for r in e.requests if r.subject != request.subject]
-    out = [torch.zeros(0, model.d_model, device=model.device)]
-    for i in range(0, len(earlier), batch_size):
-        ids, mask, _ = target_batch(model, earlier[i:i + batch_size])
-        out.append(mlp_input(model, layer, ids, mask)[mask.bool()])
-    return torch.cat(out)
+    key = _states_key(model, layer, ctx)
+    if key not in _EDITED:
+        _EDITED.clear()
+        _EDITED[key] = {}
+    states = _EDITED[key]
+    missing = list(dict.fromkeys(r for r in earlier if r not in states))
+    for i in range(0, len(missing), batch_size):
+        ids, mask, _ = target_batch(model, missing[i:i + batch_size])
+        x = mlp_input(model, layer, ids, mask)
+        states.update((r, x[j][mask[j].bool()]) for j, r in enumerate(missing[i:i + batch_size]))
+    return torch.cat([torch.zeros(0, model.d_model, device=model.device), *(states[r] for r in earlier)])
 
 
-def memory_states(model: Model, layer: int, texts: list[str], ctx: Context, bf16: bool) -> torch.Tensor:
-    """`mlp_inputs` of the memory set, cached while the weights and changes below `layer` are the same."""
-    # weight edits and hooks that run before the layer's MLP (prompt contexts are not asked here),
-    # and the weights as stored: where each is and how often it was written in place (torch's
-    # version counter), which any change to them moves, without reading them
+def _states_key(model: Model, layer: int, ctx: Context) -> tuple:
+    """What the MLP inputs of `layer` depend on: weight edits and hooks that run before the layer's
+    MLP (prompt contexts are not asked here), and the weights as stored: where each is and how often
+    it was written in place (torch's version counter), which any change to them moves, without
+    reading them."""
     changes = tuple(c.hash_after for e in ctx.journal.edits for c in e.changes if c.kind == "param" or c.kind == "hook"
                     and (model.site(c.target).layer < layer or c.target == model.attn_out(layer).name))
     weights = [model.hf.get_submodule(model.arch.embed).weight, *(p for l in range(layer + 1)
                                                                   for p in model.layer(l).parameters())]
-    stored = tuple((p.data_ptr(), p._version) for p in weights)
-    key = (id(model.hf), layer, hash(tuple(texts)), stored, changes, bf16)
+    return id(model.hf), layer, tuple((p.data_ptr(), p._version) for p in weights), changes
+
+
+def memory_states(model: Model, layer: int, texts: list[str], ctx: Context, bf16: bool) -> torch.Tensor:
+    """`mlp_inputs` of the memory set, cached while the weights and changes below `layer` are the same."""
+    key = (_states_key(model, layer, ctx), hash(tuple(texts)), bf16)
     if key not in _MEMORY:
         _MEMORY.clear()
         _MEMORY[key] = mlp_inputs(model, layer, texts, bf16=bf16)
