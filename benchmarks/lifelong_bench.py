@@ -1,17 +1,18 @@
 """Lifelong editing: one stream of T edits with no undo, every edited case scored at checkpoints.
 
-    $ python benchmarks/lifelong_bench.py                                  # T = 500, the methods below
-    $ python benchmarks/lifelong_bench.py --methods grace,rome --T 100 --suites zsre
+    $ python benchmarks/lifelong_bench.py                                  # T = 500 (zsRE 199–698), the methods below
+    $ python benchmarks/lifelong_bench.py --methods grace,rome --T 100 --zsre-from 500 --suites zsre
     $ python benchmarks/lifelong_bench.py --methods memit --merge          # add one, keep the rest
     $ python benchmarks/lifelong_bench.py --methods wise-10 --merge        # a variant (VARIANTS)
 
 Per method and suite, through `tl.evaluate(mode="sequential")`: the first T records edited in
-order (zsRE: records 500.. of zsre-sample.json, EasyEdit's reliability / generality / locality;
+order (zsRE: records --zsre-from.. of zsre-sample.json, EasyEdit's reliability / generality / locality;
 CounterFact: the known records of edit_bench, ROME's efficacy / paraphrase / neighbourhood), all
 cases edited so far scored at each checkpoint; the perplexity of a held-out text (WordNet glosses
 from the end of the corpus, which key statistics never read) before the stream and at each
 checkpoint (the collapse guard's text, `editing.guard.held_out_texts`); seconds per edit (median);
 numbers added or changed per edit (median); edits refused (`mend+guard`: under the collapse guard).
+A run is kept under "method/suite/T<edits>", so a stream of 100 and one of 500 sit side by side.
 Writes benchmarks/results/lifelong.json and lifelong.png; run alone.
 """
 
@@ -40,15 +41,21 @@ VARIANTS = {"wise-10": ("wise", {"save_freq": 10, "merge_freq": 20}, {}),  # sha
             "mend+guard": ("mend", {}, {"guard": "16"}), "ke+guard": ("ke", {}, {"guard": "16"})}  # the collapse guard
 METRICS = {"zsre": ("easyedit.reliability", "easyedit.generality", "easyedit.locality"),
            "counterfact": ("rome.efficacy_score", "rome.paraphrase_score", "rome.neighborhood_score")}
+LEARNED = {"mend", "ke", "serac"}  # trained by learned_bench on zsRE records 0..499: never stream those to them
 PUBLISHED = ("WISE (Wang et al. 2024, Table 2), LLaMA-2-7B, ZsRE, T = 1000, rel. / gen. / loc.: GRACE 0.93 / 0.08 / "
              "1.00, WISE 0.77 / 0.72 / 1.00 (as the issue quotes them; the paper's text was not available offline)")
 
 
-def records(model, suite: str, T: int):
+def records(model, suite: str, T: int, zsre_from: int = 500):
+    """The stream's first T records: zsRE from record `zsre_from`, CounterFact's known records."""
     from tracelab.evaluation import read_records
 
     if suite == "zsre":
-        return read_records(ZSRE)[500:500 + T]
+        zsre = read_records(ZSRE)
+        if zsre_from + T > len(zsre):
+            raise SystemExit(f"{ZSRE.name} has {len(zsre)} records: from record {zsre_from} there are only "
+                             f"{max(0, len(zsre) - zsre_from)}, not T = {T}; pass --zsre-from {len(zsre) - T}")
+        return zsre[zsre_from:zsre_from + T]
     known, _ = known_records(model, 10_000)
     return known[:T]
 
@@ -59,6 +66,8 @@ def main() -> None:
     p.add_argument("--suites", default="zsre,counterfact")
     p.add_argument("--T", type=int, default=500, help="edits in each stream")
     p.add_argument("--checkpoints", default="1,10,100,500")
+    p.add_argument("--zsre-from", type=int, default=199,
+                   help="first zsRE record of the stream (records 0–499 train the learned editors: 500 for them)")
     p.add_argument("--merge", action="store_true", help="keep the runs of lifelong.json this run does not redo")
     p.add_argument("--out", default=str(RESULTS))
     p.add_argument("--plot", action="store_true", help="only redraw the table and figure from --out")
@@ -68,6 +77,9 @@ def main() -> None:
         print_table(out)
         figure(out, Path(args.out).with_suffix(".png"))
         return
+    learned = [m for m in args.methods.split(",") if VARIANTS.get(m, (m,))[0] in LEARNED]
+    if learned and "zsre" in args.suites and args.zsre_from < 500:
+        p.error(f"trained on zsRE records 0–499 ({', '.join(learned)}): stream with --zsre-from 500")
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
     os.environ.setdefault("TRACELAB_DATA", str(ROOT.parent / "shared" / "data"))
     import tracelab as tl
@@ -82,7 +94,7 @@ def main() -> None:
     health = lambda m: {"perplexity": perplexity(m, texts)}
     checkpoints = [int(c) for c in args.checkpoints.split(",")]
     for suite in args.suites.split(","):
-        cases = records(model, suite, args.T)
+        cases = records(model, suite, args.T, args.zsre_from)
         for method in args.methods.split(","):
             t = time.perf_counter()
             registered, settings, extra = VARIANTS.get(method, (method, {}, {}))
@@ -91,10 +103,12 @@ def main() -> None:
                 kwargs["guard"] = tl.Guard(paragraphs=int(kwargs["guard"]))
             if settings:
                 kwargs["params"] = tl.editing.registry.get(registered).Params(**settings)
-            res = tl.evaluate(model, cases, registered, mode="sequential", checkpoints=checkpoints, at_checkpoint=health,
-                              progress=False, **kwargs)
-            out["runs"][f"{method}/{suite}"] = {
+            res = tl.evaluate(model, cases, registered, mode="sequential", checkpoints=checkpoints,
+                              at_checkpoint=health, progress=False, **kwargs)
+            name = f"{method}/{suite}/T{len(cases)}"
+            out["runs"][name] = {
                 "method": method, "suite": suite, "T": len(cases), "pre": res.summary["pre"],
+                "first_record": args.zsre_from if suite == "zsre" else 0, "host": out["host"],
                 "checkpoints": res.meta["checkpoints"], "before": res.meta["before"],
                 "median_edit_s": statistics.median(res.meta["edit_seconds"]),
                 "median_parameters": statistics.median(res.meta["edit_parameters"]),
@@ -102,9 +116,9 @@ def main() -> None:
                 "params": settings,
                 "refused": len(res.meta["refused"]), "seconds": time.perf_counter() - t}
             last = res.meta["checkpoints"][str(len(cases))]
-            print(f"{method}/{suite} T={len(cases)}: " + " ".join(f"{k.split('.')[-1]} {last.get(k, float('nan')):.1f}"
-                  for k in METRICS[suite]) + f" ppl {last['perplexity']:.2f} (before {res.meta['before']['perplexity']:.2f})"
-                  f" {out['runs'][f'{method}/{suite}']['median_edit_s']:.1f}s/edit", flush=True)
+            scores = " ".join(f"{k.split('.')[-1]} {last.get(k, float('nan')):.1f}" for k in METRICS[suite])
+            print(f"{name}: {scores} ppl {last['perplexity']:.2f} (before {res.meta['before']['perplexity']:.2f})"
+                  f" {out['runs'][name]['median_edit_s']:.1f}s/edit", flush=True)
             Path(args.out).parent.mkdir(parents=True, exist_ok=True)
             Path(args.out).write_text(json.dumps(out, indent=1))
     print_table(out)
@@ -113,10 +127,10 @@ def main() -> None:
 
 
 def print_table(out: dict) -> None:
-    print(f"\n{'method/suite':<24}{'T':>5}  {'m1':>6}{'m2':>6}{'m3':>6}  ppl (before)  s/edit  numbers/edit")
+    print(f"\n{'method/suite/T':<28}{'T':>5}  {'m1':>6}{'m2':>6}{'m3':>6}  ppl (before)  s/edit  numbers/edit")
     for name, r in out["runs"].items():
         for T, c in r["checkpoints"].items():
-            print(f"{name:<24}{T:>5}  " + "".join(f"{c.get(k, float('nan')):6.1f}" for k in METRICS[r["suite"]])
+            print(f"{name:<28}{T:>5}  " + "".join(f"{c.get(k, float('nan')):6.1f}" for k in METRICS[r["suite"]])
                   + f"  {c['perplexity']:.2f} ({r['before']['perplexity']:.2f})  {r['median_edit_s']:.2f}"
                   f"  {r['median_parameters']:.0f}")
 
@@ -139,10 +153,12 @@ def figure(out: dict, path: Path) -> None:
     for i, (suite, metric) in enumerate(panels):
         for r in (r for r in out["runs"].values() if r["suite"] == suite):
             Ts = sorted(int(t) for t in r["checkpoints"])
-            fig.add_trace(go.Scatter(x=Ts, y=[r["checkpoints"][str(t)].get(metric) for t in Ts], name=r["method"],
-                                     line={"color": colours[r["method"]]}, showlegend=r["method"] not in shown,
-                                     mode="lines+markers"), row=i // 4 + 1, col=i % 4 + 1)
-            shown.add(r["method"])
+            label = r["method"] if r["T"] <= 100 else f"{r['method']}, T = {r['T']}"  # longer streams dashed
+            line = {"color": colours[r["method"]], "dash": "solid" if r["T"] <= 100 else "dash"}
+            fig.add_trace(go.Scatter(x=Ts, y=[r["checkpoints"][str(t)].get(metric) for t in Ts], name=label, line=line,
+                                     showlegend=label not in shown, mode="lines+markers"),
+                          row=i // 4 + 1, col=i % 4 + 1)
+            shown.add(label)
         if metric == "perplexity":       # a collapsed model's perplexity is orders of magnitude off
             fig.update_yaxes(type="log", row=i // 4 + 1, col=i % 4 + 1)
     fig.update_xaxes(type="log", title_text="edits in the stream (T)")

@@ -98,3 +98,17 @@ def test_dataset_trace_through_a_transformers_model(reference):
     ours = tl.trace_dataset(lm, facts, kinds=("mlp",), samples=1, progress=False)
     plain = tl.trace_dataset(tl.load_model(), facts, kinds=("mlp",), samples=1, progress=False)
     torch.testing.assert_close(ours.mean("mlp"), plain.mean("mlp"), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("kind", ["TransformersModel", "TransformerBridge"])
+def test_portability_suite_through_a_wrapper_scores_as_the_plain_model(kind):
+    """The graph's edits and probes (multi-token answers, conditions) scored through the user's object."""
+    plain = tl.evaluate(tl.load_model(), "portability", "ft-m", limit=2, layer=LAYER, progress=False)
+    model = tl.load_model()
+    ours = tl.evaluate(wrap(kind, model), "portability", "ft-m", limit=2, layer=LAYER, progress=False)
+    assert ours.meta["totals"] == plain.meta["totals"] and ours.meta["totals"]["port.kept"] >= 2
+    for a, b in zip(ours.rows, plain.rows):
+        assert a["post"].keys() == b["post"].keys()
+        for key, value in b["post"].items():
+            same = pytest.approx(value, abs=1e-3) if isinstance(value, float) else value
+            assert a["post"][key] == same, (kind, key)
