@@ -46,7 +46,7 @@ PUBLISHED = ("WISE (Wang et al. 2024, Table 2), LLaMA-2-7B, ZsRE, T = 1000, rel.
              "1.00, WISE 0.77 / 0.72 / 1.00 (as the issue quotes them; the paper's text was not available offline)")
 
 
-def records(model, suite: str, T: int, zsre_from: int = 500):
+def records(model, suite: str, T: int, zsre_from: int):
     """The stream's first T records: zsRE from record `zsre_from`, CounterFact's known records."""
     from tracelab.evaluation import read_records
 

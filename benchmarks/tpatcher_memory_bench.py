@@ -33,8 +33,10 @@ def main() -> None:
 
     model = tl.load_model()
     layer = model.n_layers - 1
-    requests = [r for record in read_records(ZSRE)[199:700] for r in record.requests]
-    new, out = requests[-1], {"model": model.name, "layer": layer, "host": host_record(model), "runs": {}}
+    zsre = read_records(ZSRE)
+    requests = [r for record in zsre[199:699] for r in record.requests]      # lifelong_bench's T = 500 stream
+    new = zsre[198].requests[0]                                               # an edit outside it
+    out = {"model": model.name, "layer": layer, "host": host_record(model), "runs": {}}
     patch = SimpleNamespace(kind="hook", target=model.mlp(layer).name, hash_after="")  # an edit's neurons, at `layer`
     for earlier in (100, 500):
         edits = [SimpleNamespace(method="t-patcher", layers=[layer], changes=[patch], requests=[r])
