@@ -60,6 +60,29 @@ def test_patch_neurons_add_relu_of_their_keys_times_their_values():
     assert p(x, y).tolist() == [[[2.0, 2.0, 12.0], [0.0, 0.0, 0.0]]]
 
 
+def test_patches_at_one_mlp_run_as_one_wider_layer_and_a_patch_in_training_is_read_live():
+    torch.manual_seed(0)
+    patches = [PatchNeurons(4, n) for n in (1, 2, 3)]
+    for p in patches:
+        for t in (p.keys, p.bias, p.values):
+            t.data.normal_()
+    x, y = torch.randn(2, 5, 4), torch.randn(2, 5, 4)
+    one_by_one = y
+    for p in patches:
+        one_by_one = p(x, one_by_one)
+    cache = {}
+    torch.testing.assert_close(PatchNeurons.forward_group(x, y, patches, cache), one_by_one)
+    patches[2].keys.requires_grad_(True)                 # in training: its keys move between forwards
+    patches[2].keys.data.add_(1.0)
+    grouped = PatchNeurons.forward_group(x, y, patches, cache)
+    torch.testing.assert_close(grouped, patches[2](x, patches[1](x, patches[0](x, y))))
+    grouped.sum().backward()
+    assert patches[2].keys.grad is not None and patches[0].keys.grad is None
+    patches[2].keys.requires_grad_(False)               # trained: it joins the kept stack
+    torch.testing.assert_close(PatchNeurons.forward_group(x, y, patches, cache), grouped.detach())
+    assert cache["fixed"] == 3
+
+
 def _side_memory(delta, act, shard=0, save_freq=1, merge_freq=1):
     """A WISE edit whose ΔW is `delta` (a mask of every entry) and whose in-scope score was `act`."""
     rows, cols = delta.shape
@@ -104,6 +127,8 @@ def test_a_stream_of_edits_and_an_undo_from_its_middle(method):
     assert not any(says_target(model, r) for r in STREAM)
     edits = [tl.edit(model, r, method=method, layer=LAYER, progress=False) for r in STREAM]
     assert all(says_target(model, r) for r in STREAM)
+    cls = GraceEntry if method == "grace" else PatchNeurons
+    assert len(group(model, model.site(edits[0].changes[0].target), cls).members) == 3   # one hook runs them
     if method == "grace":
         for p in ELSEWHERE:                                   # no key near: bit for bit as before
             assert torch.equal(model.next_token_logits([p]), before[p])

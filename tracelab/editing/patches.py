@@ -9,6 +9,7 @@
 
 Most patches stack: each runs on what the one before it returned. A codebook cannot (GRACE: the
 nearest key wins, and each key must see the layer's own activation, not another entry's value),
+and hundreds of small patches run faster as one (T-Patcher's neurons: one matmul, not one hook each),
 so a `PatchModule` class with `shared = True` runs as one member of a `PatchGroup`: one hook per
 (model, site, class) that calls `cls.forward_group(x, members, cache)` on all members at once (`cache`: a dict emptied
 whenever a member joins or leaves, for what depends on the members only). A member

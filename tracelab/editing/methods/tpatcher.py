@@ -82,7 +82,10 @@ class TPatcherParams:
 
 @register_patch
 class PatchNeurons(PatchModule):
-    """`n` neurons added to an MLP: `forward(x, y) = y + relu(x Kᵀ + b) V` (x, y `[batch, pos, d]`)."""
+    """`n` neurons added to an MLP: `forward(x, y) = y + relu(x Kᵀ + b) V` (x, y `[batch, pos, d]`).
+    The patches at one MLP run as one wider layer (`forward_group`): one matmul, not one hook per edit."""
+
+    shared = True
 
     def __init__(self, width: int, n: int = 1):
         super().__init__()
@@ -99,7 +102,26 @@ class PatchNeurons(PatchModule):
             return x.float() @ self.keys.T + self.bias
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return y + (torch.relu(self.activations(x)) @ self.values).to(y.dtype)
+        return self.forward_group(x, y, [self], {})
+
+    @classmethod
+    def forward_group(cls, x: torch.Tensor, y: torch.Tensor, members: list[PatchNeurons], cache: dict) -> torch.Tensor:
+        """y + relu(x Kᵀ + b) V with K, b, V the members' neurons stacked `[N, d]`, `[N]`, `[N, d]`. The
+        stack is kept until a member joins or leaves; a patch in training (keys that require grad) is read live."""
+        live = [m for m in members if m.keys.requires_grad]
+        fixed = [m for m in members if not m.keys.requires_grad]
+        if cache.get("fixed") != len(fixed):  # fixed neurons change only when a patch joins, leaves or stops training
+            cache["fixed"], cache["neurons"] = len(fixed), _stacked(fixed)
+        keys, bias, values = _stacked([cache["neurons"]] * bool(fixed) + live) if live else cache["neurons"]
+        with torch.autocast(x.device.type, enabled=False):
+            a = x.float() @ keys.T + bias                                                # [batch, pos, N]
+        return y + (torch.relu(a) @ values).to(y.dtype)
+
+
+def _stacked(patches: list) -> tuple[torch.Tensor, ...]:
+    """Keys `[N, d]`, bias `[N]`, values `[N, d]` of `patches` (PatchNeurons or such triples), one after another."""
+    triples = [p if isinstance(p, tuple) else (p.keys, p.bias, p.values) for p in patches]
+    return tuple(torch.cat(part) for part in zip(*triples))
 
 
 def memory_texts(memory: int | str, requests: list[Request]) -> list[str]:
