@@ -96,6 +96,11 @@ class PatchNeurons(PatchModule):
     def config(self) -> dict:
         return {"width": self.keys.shape[1], "n": self.keys.shape[0]}
 
+    @property
+    def neurons(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Keys `[n, d]`, bias `[n]`, values `[n, d]`."""
+        return self.keys, self.bias, self.values
+
     def activations(self, x: torch.Tensor) -> torch.Tensor:
         """a = x Kᵀ + b `[..., n]` (before the ReLU)."""
         with torch.autocast(x.device.type, enabled=False):
@@ -111,17 +116,17 @@ class PatchNeurons(PatchModule):
         live = [m for m in members if m.keys.requires_grad]
         fixed = [m for m in members if not m.keys.requires_grad]
         if cache.get("fixed") != len(fixed):  # fixed neurons change only when a patch joins, leaves or stops training
-            cache["fixed"], cache["neurons"] = len(fixed), _stacked(fixed)
-        keys, bias, values = _stacked([cache["neurons"]] * bool(fixed) + live) if live else cache["neurons"]
+            cache["fixed"], cache["neurons"] = len(fixed), _stacked([m.neurons for m in fixed])
+        parts = ([cache["neurons"]] if fixed else []) + [m.neurons for m in live]
+        keys, bias, values = _stacked(parts) if live else cache["neurons"]
         with torch.autocast(x.device.type, enabled=False):
             a = x.float() @ keys.T + bias                                                # [batch, pos, N]
         return y + (torch.relu(a) @ values).to(y.dtype)
 
 
-def _stacked(patches: list) -> tuple[torch.Tensor, ...]:
-    """Keys `[N, d]`, bias `[N]`, values `[N, d]` of `patches` (PatchNeurons or such triples), one after another."""
-    triples = [p if isinstance(p, tuple) else (p.keys, p.bias, p.values) for p in patches]
-    return tuple(torch.cat(part) for part in zip(*triples))
+def _stacked(neurons: list[tuple]) -> tuple[torch.Tensor, ...]:
+    """(keys, bias, values) triples, one after another: keys `[N, d]`, bias `[N]`, values `[N, d]`."""
+    return tuple(torch.cat(part) for part in zip(*neurons))
 
 
 def memory_texts(memory: int | str, requests: list[Request]) -> list[str]:
