@@ -148,7 +148,8 @@ def figure(out: dict, path: Path) -> None:
     fig = make_subplots(rows=len(suites), cols=4, subplot_titles=[f"{s}: {m.split('.')[-1]}" for s, m in panels])
     from plotly.colors import qualitative
 
-    colours = dict(zip(sorted({r["method"] for r in out["runs"].values()}), qualitative.Dark24))
+    palette = qualitative.D3 + ["#000000", "#B68100"] + qualitative.Dark24  # D3's ten first: no two alike
+    colours = dict(zip(sorted({r["method"] for r in out["runs"].values()}), palette))
     shown = set()
     for i, (suite, metric) in enumerate(panels):
         for r in (r for r in out["runs"].values() if r["suite"] == suite):
