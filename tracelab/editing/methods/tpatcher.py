@@ -103,8 +103,7 @@ class PatchNeurons(PatchModule):
 
     def activations(self, x: torch.Tensor) -> torch.Tensor:
         """a = x Kᵀ + b `[..., n]` (before the ReLU)."""
-        with torch.autocast(x.device.type, enabled=False):
-            return x.float() @ self.keys.T + self.bias
+        return _preactivations(x, self.keys, self.bias)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return self.forward_group(x, y, [self], {})
@@ -119,9 +118,14 @@ class PatchNeurons(PatchModule):
             cache["fixed"], cache["neurons"] = len(fixed), _stacked([m.neurons for m in fixed])
         parts = ([cache["neurons"]] if fixed else []) + [m.neurons for m in live]
         keys, bias, values = _stacked(parts) if live else cache["neurons"]
-        with torch.autocast(x.device.type, enabled=False):
-            a = x.float() @ keys.T + bias                                                # [batch, pos, N]
+        a = _preactivations(x, keys, bias)                                               # [batch, pos, N]
         return y + (torch.relu(a) @ values).to(y.dtype)
+
+
+def _preactivations(x: torch.Tensor, keys: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """a = x Kᵀ + b `[..., N]`, in float32 whatever the caller's autocast: training and use see the same a."""
+    with torch.autocast(x.device.type, enabled=False):
+        return x.float() @ keys.T + bias
 
 
 def _stacked(neurons: list[tuple]) -> tuple[torch.Tensor, ...]:
