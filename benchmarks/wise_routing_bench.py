@@ -43,11 +43,7 @@ def routed_per_position(latch: bool):
         act, mask = wise.activation(members[0].settings["activation"]), cache.get("attention_mask")
         out, best = v, torch.zeros(v.shape[:2], device=v.device)
         for delta, threshold in cache["memories"]:
-            with torch.autocast(k.device.type, enabled=False):
-                side = v.float() + k.float() @ delta.to(k.device).float().T
-            distance = (act(side) - act(v.float())).norm(dim=-1)                              # [batch, pos]
-            if mask is not None and mask.shape[0] == distance.shape[0] and mask.shape[1] >= distance.shape[1]:
-                distance = distance * mask[:, -distance.shape[1]:].to(distance.dtype)         # padding never routes
+            side, distance = wise.position_distances(k, v, delta.to(k.device), act, mask)        # [batch, pos]
             if latch:
                 distance = distance.cummax(-1).values
             take = (distance >= threshold) & (distance > best)

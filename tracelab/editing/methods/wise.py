@@ -116,18 +116,24 @@ def ties_merge(deltas: list[torch.Tensor], density: float) -> torch.Tensor:
     return (stacked * agree).sum(0) / agree.sum(0).clamp_min(1)
 
 
-def activation_score(k: torch.Tensor, v: torch.Tensor, delta: torch.Tensor, act, mask: torch.Tensor | None
-                     ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The side memory's output v + k ΔWᵀ `[batch, pos, d_model]` and Δ per row `[batch]`: the
-    largest ‖σ(W'k) − σ(Wk)‖ over the row's real positions (`mask` `[batch, ≥pos]`, None: all)."""
+def position_distances(k: torch.Tensor, v: torch.Tensor, delta: torch.Tensor, act, mask: torch.Tensor | None
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The side memory's output v + k ΔWᵀ `[batch, pos, d_model]` and ‖σ(W'k) − σ(Wk)‖ at each
+    position `[batch, pos]`, 0 where `mask` `[batch, ≥pos]` marks padding (None: every position real)."""
     with torch.autocast(k.device.type, enabled=False):
         side = v.float() + k.float() @ delta.float().T
     distance = (act(side) - act(v.float())).norm(dim=-1)                                   # [batch, pos]
     if mask is None or mask.shape[0] != distance.shape[0] or mask.shape[1] < distance.shape[1]:
-        real = torch.ones_like(distance)
-    else:
-        real = mask[:, -distance.shape[1]:].to(distance.dtype)                            # a cached step: its own positions
-    return side, (distance * real).amax(-1)
+        return side, distance
+    return side, distance * mask[:, -distance.shape[1]:].to(distance.dtype)               # a cached step: its own positions
+
+
+def activation_score(k: torch.Tensor, v: torch.Tensor, delta: torch.Tensor, act, mask: torch.Tensor | None
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The side memory's output `[batch, pos, d_model]` and Δ per row `[batch]`: the largest
+    `position_distances` over the row's real positions."""
+    side, distance = position_distances(k, v, delta, act, mask)
+    return side, distance.amax(-1)
 
 
 @register_patch
