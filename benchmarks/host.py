@@ -14,6 +14,7 @@ import time
 import torch
 from torch import nn
 
+from tracelab.dtypes import fast_bf16
 from tracelab.heap import reuse_heap
 
 
@@ -56,6 +57,7 @@ def matmul_rate(model, dtype: torch.dtype, rows: int = 4096, reps: int = 3) -> f
 
 
 def host_record(model) -> dict:
-    """CPU, threads and the fp32/bf16 matmul rates (GFLOP/s) of `model`'s layer shapes, right now."""
-    return {**cpu_description(), "threads": torch.get_num_threads(),
+    """CPU, threads, whether "auto" picks bf16 here, and the fp32/bf16 matmul rates (GFLOP/s) of
+    `model`'s layer shapes, right now."""
+    return {**cpu_description(), "auto_bf16": fast_bf16("cpu"), "threads": torch.get_num_threads(),
             "matmul_gflops": {str(d)[6:]: matmul_rate(model, d) / 1e9 for d in (torch.float32, torch.bfloat16)}}

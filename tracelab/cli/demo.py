@@ -57,7 +57,7 @@ def run(args) -> int:
     t = _step(f"trace {fact['subject']!r} ({args.samples} noise samples, 3 kinds), edit it at the traced layer, "
               "re-trace, undo")
     before_weights = {k: v.clone() for k, v in model.hf.state_dict().items()}
-    story = edit_story(model, fact, samples=args.samples, dtype="bfloat16")  # run once: report and figures reuse it
+    story = edit_story(model, fact, samples=args.samples, dtype="auto")  # run once: report and figures reuse it
     r = story.trace
     figures = [r.save(out / "trace.html"), r.save(out / "trace.pdf")]
     print(f"  target {r.target!r}: p_clean {r.p_clean:.3f}, p_corrupted {r.p_corrupted:.3f}; "

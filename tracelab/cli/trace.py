@@ -20,7 +20,7 @@ def _trace_options(p) -> None:
     p.add_argument("--metric", default="prob", choices=("prob", "log_prob", "logit_diff"))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--noise-scale", type=float, default=3.0, help="noise std in units of the subject-embedding std")
-    p.add_argument("--compute-dtype", default=None, help="autocast dtype for tracing, e.g. bfloat16 (fast)")
+    p.add_argument("--compute-dtype", default=None, help="autocast dtype for tracing: auto (bfloat16 where the device has it natively), bfloat16, float16")
     p.add_argument("--engine", default="fast", choices=("fast", "naive"))
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_model_options(p)

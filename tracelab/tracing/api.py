@@ -47,7 +47,10 @@ def check_kinds(kinds) -> tuple[str, ...]:
 
 
 def resolve_dtype(model, dtype) -> torch.dtype | None:
-    """The autocast dtype for `dtype` (None, a torch dtype or a name), or None for the model's own."""
+    """The autocast dtype for `dtype` (None, a torch dtype, a name or "auto": `dtypes.auto_dtype`),
+    or None for the model's own."""
+    if dtype == dtypes.AUTO:
+        return dtypes.auto_dtype(model)
     dtype = dtypes.parse_dtype(dtype)
     if dtype is None or dtype == model.dtype:
         return None
@@ -129,14 +132,15 @@ def trace(model, prompt: str, subject: str, target: str | int | None = None, *,
 
         >>> r = trace(model, "The Eiffel Tower is located in the city of", "The Eiffel Tower")
         >>> r.effect("mlp").shape            # [n_layers, n_tokens]
-        >>> trace(model, prompt, subject, dtype="bfloat16", screen=50)   # fast: bf16, top-50 cells exact
+        >>> trace(model, prompt, subject, dtype="auto", screen=50)   # fast: bf16 where native, top-50 cells exact
 
     - `target`: None → the model's top-1 next token; a string → its first token; an int → token id.
     - `kinds`: `resid` restores the block output at (layer, token); `mlp`/`attn` restore that
       sublayer's output at the token for the `window` layers centred on the layer.
     - `corruption`: `GaussianNoise()` (default; 3 × subject-embedding std) or `TokenReplace(prompt)`.
     - `metric`: `prob`, `log_prob` or `logit_diff` (vs `foil`, default the corrupted top-1).
-    - `dtype`: e.g. "bfloat16" runs everything under autocast (the paper's setting; ~6× faster matmuls here).
+    - `dtype`: e.g. "bfloat16" runs everything under autocast (the paper's setting; ~6× faster matmuls
+      on an AMX CPU, ~50× slower on an AVX2 one); "auto": bfloat16 only where it is native (`dtypes.fast_bf16`).
     - `engine`: "fast" (the walk, see `tracing.fast`), "naive" (one forward per cell, the reference)
       or "nnsight" (batched nnsight traces; `remote=True` runs them on NDIF, see `tracing.nnsight_engine`).
     - `max_batch_tokens` (default 16384) or `max_batch_bytes`: the batch size of restored runs,

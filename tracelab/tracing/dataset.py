@@ -116,7 +116,7 @@ def trace_dataset(model, facts: Sequence[dict] | str | os.PathLike, out: str | o
     """Trace every fact the model knows, averaging indirect effects by token class.
 
         >>> avg = trace_dataset(model, tracelab.data.builtin_facts(), out="traces", limit=20,
-        ...                     samples=10, dtype="bfloat16")
+        ...                     samples=10, dtype="auto")
 
     `facts`: records (or a JSON file of them) with `prompt`, `subject`, `attribute`; `limit`: trace
     at most this many known facts; other keywords go to `trace`. Returns a `DatasetTrace`.

@@ -97,7 +97,7 @@ def figure_steering(sweep) -> go.Figure:
     return paper_style(fig, height=220, legend_y=-0.3)
 
 
-def paper_figures(model, *, facts: int = 6, samples: int = 2, dtype: str | None = "bfloat16",
+def paper_figures(model, *, facts: int = 6, samples: int = 2, dtype: str | None = "auto",
                   stats_tokens: int = 20_000, steer_layer: int | None = None,
                   alphas=(-8, -4, -2, 0, 2, 4, 8), story=None, progress: bool = True) -> dict[str, go.Figure]:
     """Compute the four paper figures on `model`: `{"trace", "average", "edit", "steering"}`.

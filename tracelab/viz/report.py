@@ -156,7 +156,7 @@ def save_report(page: str, out: str | os.PathLike) -> Path:
 
 def write_report(model, out: str | os.PathLike = "report.html", *, fact: Mapping[str, str] | None = None,
                  new_target: str = "Rome", method: str | None = None, samples: int = 3,
-                 dtype: str | None = "bfloat16", kinds: Sequence[str] = ("resid", "mlp", "attn"),
+                 dtype: str | None = "auto", kinds: Sequence[str] = ("resid", "mlp", "attn"),
                  stats_tokens: int = 20_000, story=None, comparison=None, progress: bool = True) -> Path:
     """Run the main job on one fact and write the report: trace → edit at the MLP peak → re-trace → undo.
 

@@ -49,7 +49,7 @@ class EditStory:
 
 def edit_story(model, fact: Mapping[str, str] | None = None, new_target: str | None = None, *,
                method: str | None = None, layer: int | None = None, trace_result=None,
-               prompts: Mapping[str, str] | None = None, samples: int = 3, dtype: str | None = "bfloat16",
+               prompts: Mapping[str, str] | None = None, samples: int = 3, dtype: str | None = "auto",
                kinds: Sequence[str] = ("resid", "mlp", "attn"), retrace: bool = True, score: bool = True,
                keep: bool = False, progress: bool = True, **edit_options) -> EditStory:
     """Trace `fact` (default `eiffel()`), edit it to `new_target` at `layer` (default: the traced

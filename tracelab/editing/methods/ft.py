@@ -29,7 +29,7 @@ from ...models import Model
 from ..changes import Change, ParamDelta
 from ..registry import Context, Method, register
 from ..requests import Request
-from ..toolkit.compute import replaying_below, training_mode, weights_require_grad
+from ..toolkit.compute import replaying_below, training_mode, uses_bf16, weights_require_grad
 from ..toolkit.answers import target_batch
 from ..toolkit.deltas import added, linear_weights
 
@@ -48,7 +48,7 @@ class FTParams:
     matrices: str = "mlp_out"
     objective: Literal["prompt_last", "target_new"] = "prompt_last"
     weight_decay: float = 0.0
-    bf16: bool = True  # matmuls in bf16 autocast (gradients and ΔW stay float32)
+    bf16: bool = True  # matmuls in bf16 autocast where native (compute.uses_bf16); gradients and ΔW stay float32
 
     def __post_init__(self) -> None:
         if self.epsilon is not None and not self.epsilon > 0:
@@ -108,7 +108,7 @@ def edit_loss(model: Model, ids, mask, spans, objective: str) -> torch.Tensor:
 def finetune_deltas(model: Model, requests: Sequence[Request], chosen: Sequence[tuple[int, str]], params: FTParams,
                     progress: bool = False) -> tuple[dict[str, torch.Tensor], dict]:
     """ΔW per weight name after `params.steps` constrained Adam steps; the model's weights are
-    untouched. `chosen`: (layer, name) pairs. Runs in one bf16 autocast region (`params.bf16`),
+    untouched. `chosen`: (layer, name) pairs. Runs in one bf16 autocast region (`params.bf16`, where native),
     and the layers below the lowest chosen one return their output recorded once (`toolkit.compute`)."""
     names = [n for _, n in chosen]
     deltas = {n: torch.zeros_like(model.parameter(n), dtype=torch.float32, requires_grad=True) for n in names}
@@ -117,7 +117,8 @@ def finetune_deltas(model: Model, requests: Sequence[Request], chosen: Sequence[
     ids, mask, spans = target_batch(model, requests)
     first = min(l for l, _ in chosen)
     losses = []
-    with weights_require_grad(model, params.bf16), training_mode(model, params.bf16):
+    bf16 = uses_bf16(model, params.bf16)
+    with weights_require_grad(model, bf16), training_mode(model, bf16):
         with replaying_below(model, first, ids, mask), added(model, deltas), torch.enable_grad():
             for _ in range(params.steps):
                 loss = edit_loss(model, ids, mask, spans, params.objective)

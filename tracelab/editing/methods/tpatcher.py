@@ -42,7 +42,7 @@ from ..changes import Change, HookPatch
 from ..patches import PatchModule, attach, register_patch
 from ..registry import Context, Method, register, require_positive
 from ..requests import Request
-from ..toolkit.compute import replaying_below, training_mode, weights_require_grad
+from ..toolkit.compute import replaying_below, training_mode, uses_bf16, weights_require_grad
 from ..toolkit.answers import greedy_answers, target_batch
 from .ft import edit_loss
 
@@ -66,7 +66,7 @@ class TPatcherParams:
     top_k: int = 1000
     amplify: float = 10.0
     memory: int | str = 500
-    bf16: bool = True  # the model's matmuls in bf16 autocast (the patch's own math stays float32)
+    bf16: bool = True  # the model's matmuls in bf16 autocast where native (compute.uses_bf16); the patch's stay float32
 
     def __post_init__(self) -> None:
         require_positive(self, counts=("max_neurons", "steps", "top_k"))
@@ -246,7 +246,7 @@ class TPatcher(Method):
         wrong = [j for j, right in enumerate(_greedy_is_target(model, ids, mask, n, target)) if not right]
         positions = [n - 1 + j for j in wrong[:params.max_neurons]]                    # each predicts a wrong token
         queries = mlp_input(model, layer, ids, mask)[0, positions]                      # [k, d]
-        memory = torch.cat([memory_states(model, layer, texts, ctx, params.bf16),
+        memory = torch.cat([memory_states(model, layer, texts, ctx, uses_bf16(model, params.bf16)),
                             edited_states(model, layer, ctx, request)])
         patch = PatchNeurons(queries.shape[1], len(positions)).to(model.device)
         patch.keys.data.copy_(queries / queries.norm(dim=1, keepdim=True) ** 2)         # a_e,i = 1 at the start
@@ -271,7 +271,8 @@ def train_patch(model: Model, patch: PatchNeurons, layer: int, queries, memory, 
     handle = attach(model, model.mlp(layer), patch)
     losses, (n, target) = [], spans[0]
     try:
-        with weights_require_grad(model, params.bf16), training_mode(model, params.bf16):
+        bf16 = uses_bf16(model, params.bf16)
+        with weights_require_grad(model, bf16), training_mode(model, bf16):
             with replaying_below(model, layer, ids, mask), torch.enable_grad():
                 for _ in range(params.steps):
                     patch.values = U * params.amplify

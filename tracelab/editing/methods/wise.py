@@ -30,7 +30,7 @@ save every 500 edits, merge every 1000, density 0.53, layer 27 of 32), scaled to
 they are sizes: the margins α, β, γ (5, 20, 10) are distances between d_model-wide activations
 and are scaled by √(d_model / 4096). Shards keep EasyEdit's 500 edits: scaling them to this
 model's 51× smaller memory (shards of 10, merged in pairs) was measured worse (benchmarks/README).
-Training runs under bf16 autocast (the scores in float32). Each edit is one Change holding its own
+Training runs under bf16 autocast where the device multiplies it natively (the scores in float32). Each edit is one Change holding its own
 ΔW entries; memories and thresholds are derived from the edits present, so an edit undoes alone
 from the middle of a stream.
 """
@@ -52,7 +52,7 @@ from ..changes import Change, HookPatch
 from ..patches import PatchModule, attach, bypassed, group, register_patch
 from ..registry import Context, Method, register
 from ..requests import Request
-from ..toolkit.compute import replaying_below, training_mode, weights_require_grad
+from ..toolkit.compute import replaying_below, training_mode, uses_bf16, weights_require_grad
 from ..toolkit.keys import context_templates
 from .ft import edit_loss
 from .grace import easyedit_layer
@@ -75,7 +75,7 @@ class WiseParams:
     density: float = 0.53
     irrelevant: int = 500
     irrelevant_rows: int = 3
-    bf16: bool = True
+    bf16: bool = True  # autocast where native (compute.uses_bf16)
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -299,7 +299,8 @@ def train_edit(model: Model, entry: WiseEdit, before: torch.Tensor, layer: int, 
 
     losses = []
     site = model.mlp_out_proj(layer)
-    with weights_require_grad(model, params.bf16), training_mode(model, params.bf16), bypassed(model, site, WiseEdit):
+    bf16 = uses_bf16(model, params.bf16)
+    with weights_require_grad(model, bf16), training_mode(model, bf16), bypassed(model, site, WiseEdit):
         handle = attach(model, site, SideMemory())
         try:
             with replaying_below(model, layer, ids, mask), torch.enable_grad():

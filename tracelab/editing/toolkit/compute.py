@@ -8,7 +8,8 @@
 - One autocast region for a whole optimisation: autocast caches the bf16 casts of weights that
   require grad, so each weight is cast once, not on every step (gradients are still taken only
   for what the method optimises). On these CPUs a short-prompt step reads every weight from
-  memory, so bf16 weights halve the step.
+  memory, so bf16 weights halve the step. Only where the device multiplies bf16 natively
+  (`uses_bf16`): an AVX2 CPU emulates it ~50× slower than float32, so there `bf16=True` runs float32.
 - On CPU the plain-math attention, whose backward is ~2× faster than the flash kernel's at
   these lengths; freed activations kept for reuse (`reuse_heap`); a TransformerLens bridge's
   components running the transformers modules they wrap (`Model.native`).
@@ -23,6 +24,7 @@ from typing import Iterator
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from ... import dtypes
 from ...heap import reuse_heap
 from ...models import Model
 from ...models.wrappers import forwards_replaced
@@ -41,13 +43,19 @@ def weights_require_grad(model: Model, flag: bool) -> Iterator[None]:
             p.requires_grad_(g)
 
 
+def uses_bf16(model: Model, bf16: bool) -> bool:
+    """Whether an optimisation that asks for bf16 autocast (`bf16`) gets it: only on a device that
+    multiplies bf16 natively (`dtypes.fast_bf16`); elsewhere float32 is the faster choice."""
+    return bf16 and dtypes.fast_bf16(model.device)
+
+
 @contextlib.contextmanager
 def training_mode(model: Model, bf16: bool) -> Iterator[None]:
-    """The region an optimisation runs in (see the module doc)."""
+    """The region an optimisation runs in (see the module doc); `bf16`: autocast where `uses_bf16`."""
     with contextlib.ExitStack() as stack:
         stack.enter_context(reuse_heap())
         stack.enter_context(model.native())
-        if bf16:
+        if uses_bf16(model, bf16):
             stack.enter_context(torch.autocast(model.device.type, dtype=torch.bfloat16))
         if model.device.type == "cpu":
             stack.enter_context(sdpa_kernel([SDPBackend.MATH]))

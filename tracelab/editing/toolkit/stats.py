@@ -9,8 +9,9 @@ the forward pass stops after the deepest layer asked for. Sums accumulate in flo
 float64) whatever the model dtype, with `tracelab.kernels.accumulate_second_moment`.
 `forward_dtype`: the dtype the forward pass computes in: None (the model's own), bfloat16
 (autocast; the keys are upcast before they are accumulated) or "auto" (the default: bfloat16
-for a float32 model, measured in `benchmarks/stats_bench.py`, else the model's own). It is part
-of the provenance: a cache computed one way is never read for the other.
+for a float32 model on a device that multiplies it natively, measured in `benchmarks/stats_bench.py`,
+else the model's own: `dtypes.auto_dtype`). It is part of the provenance: a cache computed one way
+is never read for the other.
 
 Cache: `<cache_dir>/stats/<model>/<corpus>/layer<l>-<dtype>.{safetensors,json}` holding the
 running sum, the token count, how many documents were read, and the provenance (model name, a
@@ -37,7 +38,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ...distributed import is_distributed, rank, reduce_sum_, world_size
-from ...dtypes import dtype_name
+from ...dtypes import AUTO, auto_dtype, dtype_name
 from ...io import UnreadableFile, load_tensors, save_tensors, slug, tensor_hash
 from ...kernels import accumulate_second_moment
 from ...models import Model, cache_dir
@@ -47,10 +48,9 @@ from .corpus import Corpus
 from .corpus import corpus as get_corpus
 
 DEFAULT_TOKENS = 100_000
-# A float32 model's statistics run their forward in bfloat16 (autocast), summed in float32: 2.3×
-# faster on this project's CPUs, C within 0.6 % (relative Frobenius) and ROME's ES/PS/NS on 100
-# CounterFact edits unchanged (benchmarks/stats_bench.py). Other models run in their own dtype.
-AUTO = "auto"
+# A float32 model's statistics run their forward in bfloat16 (autocast) where the device multiplies
+# it natively, summed in float32: 2.3× faster on an AVX-512 BF16 CPU, C within 0.6 % (relative
+# Frobenius) and ROME's ES/PS/NS on 100 CounterFact edits unchanged (benchmarks/stats_bench.py).
 
 
 @dataclass
@@ -244,7 +244,7 @@ def key_stats(
     if dtype not in (torch.float32, torch.float64):
         raise ValueError(f"statistics accumulate in torch.float32 or torch.float64, got {dtype}")
     if forward_dtype == AUTO:
-        forward_dtype = torch.bfloat16 if model.dtype == torch.float32 else None
+        forward_dtype = auto_dtype(model)
     if forward_dtype not in (None, model.dtype, torch.bfloat16, torch.float16):
         raise ValueError(f"forward_dtype must be 'auto', None (the model's {model.dtype}), torch.bfloat16 or "
                          f"torch.float16 (autocast can only lower the precision), got {forward_dtype!r}")

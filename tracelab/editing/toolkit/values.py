@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 
 from ...models import Model
 from ..requests import Request
-from .compute import replay_below, training_mode, weights_require_grad
+from .compute import replay_below, training_mode, uses_bf16, weights_require_grad
 from .keys import last_subject_index
 
 KL_TEMPLATE = "{} is a"
@@ -56,7 +56,7 @@ class ValueParams:
     stop_nll: float = 5e-2
     batch_requests: int = 16
     engine: Literal["fast", "reference"] = "fast"
-    bf16: bool = True
+    bf16: bool = True  # bf16 autocast where the device multiplies it natively (compute.uses_bf16)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -228,7 +228,8 @@ def optimise_values(
     first = layer if site == "mlp_out" else layer + 1  # lowest layer δ can change
     deltas, inits, info = [], [], {"loss": [], "nll": [], "steps": []}
     start = time.perf_counter()
-    with weights_require_grad(model, hp.bf16):  # so autocast caches its bf16 weight casts (see compute)
+    # weights require grad so that autocast caches its bf16 weight casts (see compute)
+    with weights_require_grad(model, uses_bf16(model, hp.bf16)):
         chunks = range(0, len(requests), hp.batch_requests)
         for i in tqdm(chunks, desc=f"v*/z ({site} {layer})", disable=not progress or len(chunks) < 2):
             d, v0, chunk_info = _optimise_chunk(model, requests[i:i + hp.batch_requests], site_obj, first,
