@@ -19,7 +19,7 @@ def test_trace_rejects_a_bad_out_suffix(tmp_path, capsys):
 def test_trace_cli_writes_figure_and_result(tmp_path, capsys):
     out = tmp_path / "eiffel.html"
     code = main(["trace", "--prompt", "The Eiffel Tower is located in the city of", "--subject", "The Eiffel Tower",
-                 "--out", str(out), "--kinds", "mlp", "--samples", "2", "--compute-dtype", "bfloat16", "--quiet"])
+                 "--out", str(out), "--kinds", "mlp", "--samples", "2", "--compute-dtype", "auto", "--quiet"])
     assert code == 0 and out.is_file()
     result = TraceResult.load(tmp_path / "eiffel")
     assert result.target == " Paris" and result.kinds == ("mlp",)
@@ -32,7 +32,7 @@ def test_trace_dataset_cli(tmp_path, embedded):
     facts.write_text(json.dumps([{"prompt": "The Eiffel Tower is located in the city of",
                                   "subject": "The Eiffel Tower", "attribute": "Paris"}]))
     code = main(["trace-dataset", "--facts", str(facts), "--limit", "1", "--out", str(tmp_path / "avg"),
-                 "--kinds", "resid", "--samples", "1", "--compute-dtype", "bfloat16", "--quiet"])
+                 "--kinds", "resid", "--samples", "1", "--compute-dtype", "auto", "--quiet"])
     assert code == 0
     assert DatasetTrace.load(tmp_path / "avg" / "average").n_facts == 1
     assert (tmp_path / "avg" / "average.pdf").is_file()

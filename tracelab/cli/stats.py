@@ -18,8 +18,8 @@ def register(subparsers) -> None:
     p.add_argument("--corpus", default="wordnet", help="wordnet (default, offline), a .txt/.jsonl file, or hf:NAME[:CONFIG[:SPLIT]]")
     p.add_argument("--float64", action="store_true", help="accumulate in float64 (default float32)")
     p.add_argument("--forward-dtype", choices=("auto", "model", "bfloat16"), default="auto",
-                   help="dtype of the forward pass: auto (bfloat16 autocast for a float32 model; the sums stay "
-                        "float32), the model's own, or bfloat16")
+                   help="dtype of the forward pass: auto (bfloat16 autocast for a float32 model where the "
+                        "device multiplies bfloat16 natively; the sums stay float32), the model's own, or bfloat16")
     add_model_options(p)
     p.set_defaults(func=run)
 
