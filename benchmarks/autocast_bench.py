@@ -16,7 +16,8 @@ from __future__ import annotations
 import json
 import os
 import time
-from contextlib import contextmanager
+from contextlib import nullcontext
+from unittest.mock import patch
 
 import torch
 
@@ -26,17 +27,10 @@ from host import host_record
 PROMPT, SUBJECT = "The Eiffel Tower is located in the city of", "The Eiffel Tower"
 
 
-@contextmanager
 def bf16_everywhere(on: bool):
     """`on`: every "auto" and `bf16=True` autocasts to bf16, whatever the CPU (the defaults before)."""
     from tracelab import dtypes
-    shipped = dtypes.fast_bf16
-    if on:
-        dtypes.fast_bf16 = lambda device: True
-    try:
-        yield
-    finally:
-        dtypes.fast_bf16 = shipped
+    return patch.object(dtypes, "fast_bf16", lambda device: True) if on else nullcontext()
 
 
 def main() -> None:

@@ -140,7 +140,7 @@ def trace(model, prompt: str, subject: str, target: str | int | None = None, *,
     - `corruption`: `GaussianNoise()` (default; 3 × subject-embedding std) or `TokenReplace(prompt)`.
     - `metric`: `prob`, `log_prob` or `logit_diff` (vs `foil`, default the corrupted top-1).
     - `dtype`: e.g. "bfloat16" runs everything under autocast (the paper's setting; ~6× faster matmuls
-      on an AMX CPU, ~50× slower on an AVX2 one); "auto": bfloat16 only where it is native (`dtypes.fast_bf16`).
+      on an AMX CPU, ~110× slower on an AVX2 one); "auto": bfloat16 only where it is native (`dtypes.fast_bf16`).
     - `engine`: "fast" (the walk, see `tracing.fast`), "naive" (one forward per cell, the reference)
       or "nnsight" (batched nnsight traces; `remote=True` runs them on NDIF, see `tracing.nnsight_engine`).
     - `max_batch_tokens` (default 16384) or `max_batch_bytes`: the batch size of restored runs,

@@ -9,7 +9,7 @@
   require grad, so each weight is cast once, not on every step (gradients are still taken only
   for what the method optimises). On these CPUs a short-prompt step reads every weight from
   memory, so bf16 weights halve the step. Only where the device multiplies bf16 natively
-  (`uses_bf16`): an AVX2 CPU emulates it ~50× slower than float32, so there `bf16=True` runs float32.
+  (`uses_bf16`): an AVX2 CPU emulates it ~110× slower than float32, so there `bf16=True` runs float32.
 - On CPU the plain-math attention, whose backward is ~2× faster than the flash kernel's at
   these lengths; freed activations kept for reuse (`reuse_heap`); a TransformerLens bridge's
   components running the transformers modules they wrap (`Model.native`).
